@@ -1,0 +1,44 @@
+"""Generation: completion and infilling (PSM/SPM) with codelm's native engine."""
+from __future__ import annotations
+
+from codelm.generate.prompts import completion_tokens, infilling_tokens, split_fill
+from codelm.generate.sampler import Generation, SamplingParams, generate
+
+
+def _params(max_new_tokens, temperature, top_p, top_k, seed, stop) -> SamplingParams:
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                          seed=seed, stop=tuple(stop or ()))
+
+
+def _pad(tokenizer) -> int:
+    return tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+
+
+def complete_batch(model, tokenizer, prompts: list[str], max_new_tokens=128, temperature=0.0, top_p=1.0, top_k=0,
+                   seed=None, stop=None, on_text=None) -> list[Generation]:
+    """Continue each prompt until EOS, a stop string, or max_new_tokens."""
+    toks = [completion_tokens(tokenizer, p) for p in prompts]
+    return generate(model, toks, _params(max_new_tokens, temperature, top_p, top_k, seed, stop),
+                    stop_ids={tokenizer.eos_id}, decode=tokenizer.decode_infilling, pad_id=_pad(tokenizer),
+                    on_text=on_text)
+
+
+def infill_batch(model, tokenizer, pairs: list[tuple[str, str]], spm=False, max_new_tokens=128, temperature=0.0,
+                 top_p=1.0, top_k=0, seed=None, stop=None, on_text=None) -> list[Generation]:
+    """Fill the middle of each (prefix, suffix); stops at EOT (the reference's stop token) or EOS."""
+    toks = [infilling_tokens(tokenizer, pre, suf, spm=spm) for pre, suf in pairs]
+    return generate(model, toks, _params(max_new_tokens, temperature, top_p, top_k, seed, stop),
+                    stop_ids={tokenizer.eot_id, tokenizer.eos_id}, decode=tokenizer.decode_infilling,
+                    pad_id=_pad(tokenizer), on_text=on_text)
+
+
+def complete(model, tokenizer, prompt: str, **kw) -> str:
+    return complete_batch(model, tokenizer, [prompt], **kw)[0].text
+
+
+def infill(model, tokenizer, prefix: str, suffix: str, spm: bool = False, **kw) -> str:
+    return infill_batch(model, tokenizer, [(prefix, suffix)], spm=spm, **kw)[0].text
+
+
+__all__ = ["complete", "infill", "complete_batch", "infill_batch", "generate", "SamplingParams", "Generation",
+           "completion_tokens", "infilling_tokens", "split_fill"]

@@ -1,0 +1,83 @@
+"""`codelm complete` and `codelm infill`: load a checkpoint, stream the generation to the terminal."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from codelm.errors import CodelmError, TokenizerError
+
+
+def _load(path):
+    import torch
+
+    import codelm
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    loaded = codelm.load(path)
+    if loaded.tokenizer is None:
+        raise TokenizerError(f"{path}: no tokenizer.json or tokenizer.model beside the checkpoint")
+    return loaded
+
+
+def _read_arg(text: str) -> str:
+    if text.startswith("@"):
+        p = Path(text[1:])
+        try:
+            return p.read_text()
+        except OSError as e:
+            raise CodelmError(f"{p}: cannot read prompt file ({e.strerror})") from None
+    return text
+
+
+def _kw(args) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                top_k=args.top_k, seed=args.seed, stop=args.stop)
+
+
+def _stream(row, text):
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def complete_main(args) -> int:
+    from codelm.generate import complete_batch
+
+    loaded = _load(args.model)
+    prompt = _read_arg(args.prompt)
+    on_text = None if args.no_stream else _stream
+    if on_text:
+        sys.stdout.write(prompt)
+    g = complete_batch(loaded.model, loaded.tokenizer, [prompt], on_text=on_text, **_kw(args))[0]
+    if args.no_stream:
+        sys.stdout.write(prompt + g.text)
+    sys.stdout.write("\n")
+    print(f"[{len(g.tokens)} tokens, finish: {g.finish_reason}]", file=sys.stderr)
+    return 0
+
+
+def infill_main(args) -> int:
+    from codelm.generate import infill_batch, split_fill
+
+    if args.file is not None:
+        if args.prefix is not None or args.suffix is not None:
+            raise CodelmError("give either --file or --prefix/--suffix, not both")
+        try:
+            text = Path(args.file).read_text()
+        except OSError as e:
+            raise CodelmError(f"{args.file}: cannot read ({e.strerror})") from None
+        prefix, suffix = split_fill(text, source=args.file)
+    else:
+        if args.prefix is None and args.suffix is None:
+            raise CodelmError("give --prefix and/or --suffix, or --file with a <FILL> marker")
+        prefix, suffix = _read_arg(args.prefix or ""), _read_arg(args.suffix or "")
+    loaded = _load(args.model)
+    on_text = None if args.no_stream else _stream
+    if on_text:
+        sys.stdout.write(prefix)
+    g = infill_batch(loaded.model, loaded.tokenizer, [(prefix, suffix)], spm=args.spm, on_text=on_text,
+                     **_kw(args))[0]
+    if args.no_stream:
+        sys.stdout.write(prefix + g.text)
+    sys.stdout.write(suffix if suffix.endswith("\n") else suffix + "\n")
+    print(f"[middle: {len(g.tokens)} tokens, finish: {g.finish_reason}]", file=sys.stderr)
+    return 0

@@ -1,0 +1,229 @@
+"""The Llama 2 / Code Llama network in one file: RMSNorm, SwiGLU, RoPE, grouped-query attention, KV cache.
+
+The model knows nothing of parallelism or checkpoints; FSDP is applied to `model.layers[i]` and the
+root from outside (train/distributed.py), and checkpoint.py maps weight names to HF and Meta layouts.
+q/k/v and the SwiGLU gate/up projections are each stored fused (one matmul instead of three / two),
+which matters for CPU decoding where per-op overhead dominates.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from codelm.model.config import ModelConfig
+from codelm.model.positions import apply_rope, rope_cos_sin, rope_inv_freq
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 whatever the activation dtype, as the reference does.
+        if x.dtype == torch.float32:
+            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class KVCache:
+    """Pre-allocated keys/values for every layer: [n_layers, B, n_kv_heads, max_len, head_dim].
+
+    All rows of a batch advance together (prompts are left-padded), so one write position serves
+    the whole batch and decoding allocates nothing per step.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype=torch.float32, device="cpu"):
+        shape = (config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.pos = 0  # number of positions filled
+
+    def reset(self):
+        self.pos = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.q_size = self.n_heads * self.head_dim
+        self.kv_size = self.n_kv_heads * self.head_dim
+        self.wqkv = nn.Linear(config.dim, self.q_size + 2 * self.kv_size, bias=False)
+        self.wo = nn.Linear(self.q_size, config.dim, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, slot: torch.Tensor | None = None):
+        B, T, _ = x.shape
+        qkv = self.wqkv(x).view(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # Rotate q and k in one go: they are adjacent heads of the fused projection.
+        qk = apply_rope(qkv[:, : self.n_heads + self.n_kv_heads], cos, sin)
+        q, k = qk[:, : self.n_heads], qk[:, self.n_heads:]
+        v = qkv[:, self.n_heads + self.n_kv_heads:]
+        if slot is not None:
+            # Static-shape decoding: write one slot, attend over the whole buffer under `mask`.
+            ck, cv = cache.k[self.layer_id], cache.v[self.layer_id]
+            ck.index_copy_(2, slot, k)
+            cv.index_copy_(2, slot, v)
+            k, v = ck, cv
+        elif cache is not None:
+            start, end = cache.pos, cache.pos + T
+            cache.k[self.layer_id, :, :, start:end] = k
+            cache.v[self.layer_id, :, :, start:end] = v
+            k = cache.k[self.layer_id, :, :, :end]
+            v = cache.v[self.layer_id, :, :, :end]
+        gqa = self.n_kv_heads != self.n_heads
+        if mask is None:
+            # No padding and no cached prefix: plain causal attention (fast path).
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return self.wo(out.transpose(1, 2).reshape(B, T, self.q_size))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x), with w1 and w3 fused as w13."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.hidden = config.hidden_dim
+        self.w13 = nn.Linear(config.dim, 2 * self.hidden, bias=False)
+        self.w2 = nn.Linear(self.hidden, config.dim, bias=False)
+
+    def forward(self, x):
+        gate, up = self.w13(x).split(self.hidden, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int):
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config, layer_id)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.feed_forward = FeedForward(config)
+
+    def forward(self, x, cos, sin, mask, cache, slot=None):
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, slot)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self._rope_len = 0
+        self.reset_rope()
+        self.apply(self._init_weights)
+        # GPT-2's residual scaling: projections that write into the residual stream start smaller.
+        for name, p in self.named_parameters():
+            if name.endswith(("wo.weight", "w2.weight")) and p.device.type != "meta":
+                nn.init.normal_(p, mean=0.0, std=0.02 / (2 * config.n_layers) ** 0.5)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)) and module.weight.device.type != "meta":
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # ---------------------------------------------------------------- rope
+    def reset_rope(self, length: int | None = None):
+        """(Re)build the cos/sin tables, e.g. after changing config.rope_theta or rope_scaling."""
+        inv_freq = rope_inv_freq(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
+        length = max(length or 0, self.config.max_seq_len)
+        cos, sin = rope_cos_sin(inv_freq, length)
+        device = self.tok_embeddings.weight.device
+        if device.type == "meta":
+            device = "cpu"
+        self.register_buffer("rope_cos", cos.to(device), persistent=False)
+        self.register_buffer("rope_sin", sin.to(device), persistent=False)
+        self._rope_len = length
+
+    def _rope_for(self, positions: torch.Tensor | None, start: int, T: int):
+        need = (int(positions.max()) + 1) if positions is not None else start + T
+        if need > self._rope_len:  # beyond max_seq_len: extend rather than fail (length experiments)
+            self.reset_rope(max(need, 2 * self._rope_len))
+        if positions is None:
+            return self.rope_cos[start:start + T][None, None], self.rope_sin[start:start + T][None, None]
+        return self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
+
+    # ------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits [B, T, vocab] (or [B, 1, vocab] with last_only).
+
+        attention_mask: [B, T_total] with 1 for real tokens and 0 for (left) padding, where T_total
+        counts cached positions plus the new ones. Without position_ids, positions follow the mask
+        (a left-padded row starts at 0 at its first real token), so padding changes no logits.
+        """
+        B, T = input_ids.shape
+        start = cache.pos if cache is not None else 0
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"KV cache holds {cache.max_len} positions; {start + T} needed")
+        mask = None
+        if attention_mask is not None:
+            attention_mask = attention_mask.bool()
+            if position_ids is None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, start:start + T]
+            if not bool(attention_mask.all()):
+                mask = _padding_causal_mask(attention_mask, start, T)
+        if mask is None and cache is not None and start > 0 and T > 1:
+            # A multi-token step after a cached prefix: causal with an offset.
+            mask = _padding_causal_mask(torch.ones(B, start + T, dtype=torch.bool, device=input_ids.device), start, T)
+        cos, sin = self._rope_for(position_ids, start, T)
+        h = self.tok_embeddings(input_ids)
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask, cache)
+        if cache is not None:
+            cache.pos = start + T
+        if last_only:
+            h = h[:, -1:]
+        return self.output(self.norm(h)).float()
+
+    def decode_step(self, tokens: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
+                    key_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decoding step with static shapes (so torch.compile traces it once).
+
+        tokens [B, 1]; slot [1] the cache index written; positions [B, 1] each row's RoPE position;
+        key_mask [B, 1, 1, max_len] which cache slots each row may attend to (slot included).
+        The caller must have built the rope tables for every position it will use.
+        """
+        cos = self.rope_cos[positions][:, None]
+        sin = self.rope_sin[positions][:, None]
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h, cos, sin, key_mask, cache, slot)
+        return self.output(self.norm(h))[:, -1].float()
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _padding_causal_mask(attention_mask: torch.Tensor, start: int, T: int) -> torch.Tensor:
+    """Boolean [B, 1, T, start+T]: query t sees key j when j is real and j <= start+t.
+
+    A padding query would see nothing and make softmax NaN, so it may always see itself;
+    its output is never used.
+    """
+    total = start + T
+    keys = attention_mask[:, :total]
+    q_pos = torch.arange(start, total, device=keys.device)[:, None]
+    k_pos = torch.arange(total, device=keys.device)[None, :]
+    causal = k_pos <= q_pos
+    mask = causal[None] & keys[:, None, :]
+    mask = mask | (k_pos == q_pos)[None]
+    return mask[:, None]
