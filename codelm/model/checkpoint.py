@@ -134,6 +134,9 @@ def config_to_hf(config: ModelConfig, dtype: torch.dtype) -> dict:
         "tie_word_embeddings": False,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
+    if config.position_encoding != "rope":
+        # transformers' Llama has no ALiBi: it would open this checkpoint with RoPE and wrong outputs.
+        d["codelm_position_encoding"] = config.position_encoding
     return d
 
 
@@ -167,7 +170,7 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
             rope_scaling=scaling or None, max_seq_len=d.get("max_position_embeddings", 4096),
             bos_id=d.get("bos_token_id", 1) if d.get("bos_token_id") is not None else 1,
             eos_id=eos[0] if isinstance(eos, list) else (eos if eos is not None else 2),
-            pad_id=d.get("pad_token_id"),
+            pad_id=d.get("pad_token_id"), position_encoding=d.get("codelm_position_encoding", "rope"),
         )
     except Exception as e:
         raise CheckpointError(f"{source}: {e}") from None

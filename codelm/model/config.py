@@ -21,7 +21,8 @@ class ModelConfig:
     ffn_hidden_dim: int | None = None  # explicit FFN width; overrides multiple_of/ffn_dim_multiplier
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    rope_scaling: dict[str, Any] | None = None  # {"type": "linear"|..., "factor": ...}; see positions.py
+    rope_scaling: dict[str, Any] | None = None  # {"type": "linear"|"dynamic"|"yarn", "factor": ...}; positions.py
+    position_encoding: str = "rope"  # "rope" or "alibi" (no rotary; linear attention bias)
     max_seq_len: int = 4096
     bos_id: int = 1
     eos_id: int = 2
@@ -38,6 +39,12 @@ class ModelConfig:
             raise ConfigError(f"model config: dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"model config: n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+        if self.position_encoding not in ("rope", "alibi"):
+            raise ConfigError(f"model config: position_encoding must be 'rope' or 'alibi', got "
+                              f"{self.position_encoding!r}")
+        from codelm.model.positions import scaling_type
+
+        scaling_type(self.rope_scaling)  # validates type and factor
         if (self.dim // self.n_heads) % 2:
             raise ConfigError(f"model config: head dim {self.dim // self.n_heads} must be even for RoPE")
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from codelm.model.config import ModelConfig
-from codelm.model.positions import apply_rope, rope_cos_sin, rope_inv_freq
+from codelm.model.positions import alibi_bias, alibi_slopes, apply_rope, rope_cos_sin, rope_inv_freq, scaling_type
 
 
 class RMSNorm(nn.Module):
@@ -62,7 +62,9 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         qkv = self.wqkv(x).view(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_dim).transpose(1, 2)
         # Rotate q and k in one go: they are adjacent heads of the fused projection.
-        qk = apply_rope(qkv[:, : self.n_heads + self.n_kv_heads], cos, sin)
+        qk = qkv[:, : self.n_heads + self.n_kv_heads]
+        if cos is not None:
+            qk = apply_rope(qk, cos, sin)
         q, k = qk[:, : self.n_heads], qk[:, self.n_heads:]
         v = qkv[:, self.n_heads + self.n_kv_heads:]
         if slot is not None:
@@ -137,20 +139,38 @@ class Transformer(nn.Module):
     # ---------------------------------------------------------------- rope
     def reset_rope(self, length: int | None = None):
         """(Re)build the cos/sin tables, e.g. after changing config.rope_theta or rope_scaling."""
-        inv_freq = rope_inv_freq(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
-        length = max(length or 0, self.config.max_seq_len)
-        cos, sin = rope_cos_sin(inv_freq, length)
+        c = self.config
         device = self.tok_embeddings.weight.device
         if device.type == "meta":
             device = "cpu"
+        self.alibi = c.position_encoding == "alibi"
+        if self.alibi:
+            self.register_buffer("alibi_slopes", alibi_slopes(c.n_heads).to(device), persistent=False)
+        self.dynamic_rope = scaling_type(c.rope_scaling) == "dynamic"
+        inv_freq, factor = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, max_seq_len=c.max_seq_len)
+        length = max(length or 0, c.max_seq_len)
+        if self.dynamic_rope:  # the table holds the trained window only; beyond it, per-length tables
+            length = c.max_seq_len
+        cos, sin = rope_cos_sin(inv_freq, length, factor)
         self.register_buffer("rope_cos", cos.to(device), persistent=False)
         self.register_buffer("rope_sin", sin.to(device), persistent=False)
         self._rope_len = length
 
     def _rope_for(self, positions: torch.Tensor | None, start: int, T: int):
+        if self.alibi:
+            return None, None
         need = (int(positions.max()) + 1) if positions is not None else start + T
-        if need > self._rope_len:  # beyond max_seq_len: extend rather than fail (length experiments)
-            self.reset_rope(max(need, 2 * self._rope_len))
+        if need > self._rope_len:
+            if self.dynamic_rope:
+                # Dynamic NTK: the base grows with the sequence, so the table depends on its length.
+                c = self.config
+                inv_freq, factor = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, seq_len=need,
+                                                 max_seq_len=c.max_seq_len)
+                cos, sin = rope_cos_sin(inv_freq.to(self.rope_cos.device), need, factor)
+                if positions is None:
+                    return cos[start:start + T][None, None], sin[start:start + T][None, None]
+                return cos[positions][:, None], sin[positions][:, None]
+            self.reset_rope(max(need, 2 * self._rope_len))  # beyond max_seq_len: extend rather than fail
         if positions is None:
             return self.rope_cos[start:start + T][None, None], self.rope_sin[start:start + T][None, None]
         return self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
@@ -185,6 +205,8 @@ class Transformer(nn.Module):
             # A multi-token step after a cached prefix: causal with an offset.
             mask = _padding_causal_mask(torch.ones(B, start + T, dtype=torch.bool, device=input_ids.device), start, T)
         cos, sin = self._rope_for(position_ids, start, T)
+        if self.alibi:
+            mask = self._alibi_mask(attention_mask, mask, B, start, T, input_ids.device)
         h = self.tok_embeddings(input_ids)
         for layer in self.layers:
             h = layer(h, cos, sin, mask, cache)
@@ -194,16 +216,30 @@ class Transformer(nn.Module):
             h = h[:, -1:]
         return self.output(self.norm(h)).float()
 
+    def _alibi_mask(self, attention_mask, bool_mask, B, start, T, device):
+        """Float mask [B|1, H, T, start+T]: ALiBi's distance bias, −inf where attention is not allowed."""
+        total = start + T
+        if attention_mask is not None:
+            k_pos = (attention_mask[:, :total].long().cumsum(-1) - 1).clamp(min=0)
+        else:
+            k_pos = torch.arange(total, device=device)[None]
+        if bool_mask is None:
+            bool_mask = _padding_causal_mask(torch.ones(1, total, dtype=torch.bool, device=device), start, T)
+        bias = alibi_bias(self.alibi_slopes, k_pos[:, start:], k_pos)
+        return bias.masked_fill(~bool_mask, float("-inf"))
+
     def decode_step(self, tokens: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
                     key_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One decoding step with static shapes (so torch.compile traces it once).
 
         tokens [B, 1]; slot [1] the cache index written; positions [B, 1] each row's RoPE position;
         key_mask [B, 1, 1, max_len] which cache slots each row may attend to (slot included).
-        The caller must have built the rope tables for every position it will use.
         """
-        cos = self.rope_cos[positions][:, None]
-        sin = self.rope_sin[positions][:, None]
+        cos, sin = self._rope_for(positions, 0, 1)
+        if self.alibi:
+            # Slot s of a row holds position s − (slot − position): left padding shifts it.
+            k_pos = torch.arange(key_mask.shape[-1], device=tokens.device)[None] - (slot - positions)
+            key_mask = alibi_bias(self.alibi_slopes, positions, k_pos).masked_fill(~key_mask, float("-inf"))
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, cos, sin, key_mask, cache, slot)
