@@ -158,7 +158,144 @@ def _run_demo(args):
     return demo_main(args)
 
 
-COMMANDS = [_add_info, _add_convert, _add_complete, _add_infill, _add_score, _add_train, _add_corpus, _add_demo]
+# -------------------------------------------------------------------- serve
+def _add_serve(sub):
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    p.add_argument("--model", required=True, help="checkpoint directory (HF or Meta layout)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", default=None, help="model name clients ask for (default: the folder's name)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="do not log requests")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on a GPU, float32 on a CPU")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args):
+    from codelm.serve import serve_main
+
+    return serve_main(args)
+
+
+# --------------------------------------------------------------------- eval
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="generate, score and report a benchmark under the paper's protocol")
+    p.add_argument("--benchmark", required=True,
+                   help="humaneval, humaneval+, mbpp, mbpp+, humaneval-infilling-single-line[-spm], ..., "
+                        "multipl-e-LANG, gsm8k, gsm8k-pal")
+    p.add_argument("--model", required=True, help="checkpoint directory (native, hf) or server URL (openai)")
+    p.add_argument("--backend", default="native", choices=["native", "hf", "openai"])
+    p.add_argument("--n", type=int, default=1, help="samples per task (200 for the paper's pass@10/100)")
+    p.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) if n=1, else 0.8")
+    p.add_argument("--top-p", type=float, default=None, help="default: 0.95 when sampling")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the benchmark protocol's")
+    p.add_argument("--limit", type=int, default=None, help="only the first K tasks")
+    p.add_argument("--out", default=None, help="run folder (default: eval-runs/BENCHMARK)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run in --out without regenerating")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None, help="generations per batch (native, hf) or per round (openai)")
+    p.add_argument("--data-dir", default=None, help="benchmark data folder (default: $CODELM_DATA_DIR)")
+    p.add_argument("--workers", type=int, default=None, help="sandbox workers (default: CPU count)")
+    p.add_argument("--sandbox", default="auto", choices=["auto", "none", "rlimits", "namespaces"])
+    p.add_argument("--timeout", type=float, default=None, help="floor of the per-task time limit in seconds")
+    p.add_argument("--chat", action="store_true", help="openai backend: use /v1/chat/completions (instruct models)")
+    p.add_argument("--infill", default="suffix", choices=["suffix", "tokens", "llama.cpp"],
+                   help="openai backend: how infilling prompts are sent (tokens: for vLLM, needs --tokenizer)")
+    p.add_argument("--tokenizer", default=None, help="openai backend: the model's tokenizer folder (--infill tokens)")
+    p.add_argument("--served-model", default=None, help="openai backend: model name (default: the server's first)")
+    p.add_argument("--api-key", default=None, help="openai backend (default: $OPENAI_API_KEY)")
+    p.add_argument("--concurrency", type=int, default=8, help="openai backend: requests in flight")
+    p.add_argument("--device", default=None, help="native/hf backends: cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="native/hf backends (default: bfloat16 on a GPU, float32 on a CPU)")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args):
+    from codelm.evaluate.eval import eval_main
+
+    return eval_main(args)
+
+
+# ------------------------------------------------------------------- report
+def _add_report(sub):
+    p = sub.add_parser("report", help="rebuild an eval run's report; compare with another run or the paper")
+    p.add_argument("run_dir", help="a run folder of codelm eval, or a folder of run folders")
+    p.add_argument("--compare", default=None, help="another run (folder) or 'paper'")
+    p.add_argument("--paper-model", default="Code Llama 7B", help="the paper's row to compare with")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args):
+    from codelm.evaluate.report import report_main
+
+    return report_main(args)
+
+
+# ------------------------------------------------------------------- export
+def _add_export(sub):
+    p = sub.add_parser("export", help="export a checkpoint for other engines: GGUF (llama.cpp, Ollama) or HF (vLLM)")
+    p.add_argument("--format", required=True, choices=["gguf", "hf"])
+    p.add_argument("model", help="checkpoint directory (HF or Meta layout)")
+    p.add_argument("out", help="the .gguf file, or the HF folder")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="weights' dtype (GGUF: float32 or float16; default float32 / as stored)")
+    p.add_argument("--name", default=None, help="model name in the GGUF metadata (default: the folder's name)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args):
+    from codelm.export import export_main
+
+    return export_main(args)
+
+
+# ---------------------------------------------------------------------- lab
+def _add_lab(sub):
+    p = sub.add_parser("lab", help="experiments: `lab length` (train short, test long), `lab longctx` (evaluate a model)")
+    labs = p.add_subparsers(dest="experiment", required=True)
+    ln = labs.add_parser("length", help="RoPE, θ, LCFT, position interpolation and ALiBi compared by context length")
+    ln.add_argument("--out", default="lab-length", help="output folder (runs, evaluations, table, plots)")
+    ln.add_argument("--quick", action="store_true", help="tiny sizes, one seed: a first look in a few minutes")
+    ln.add_argument("--seeds", type=int, default=None, help="seeds (default 3; 1 with --quick)")
+    ln.add_argument("--seq-len", type=int, default=None, help="the training length L (default: the recipe's)")
+    ln.add_argument("--lcft-factor", type=int, default=None, help="fine-tune at this multiple of L (default 4)")
+    ln.add_argument("--retrieval-examples", type=int, default=None, help="key-retrieval prompts per cell and seed")
+    ln.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens scored at every length")
+    ln.add_argument("--drill-weight", type=float, default=None, help="share of retrieval drills in training")
+    ln.add_argument("--train-chars", type=int, default=None, help="training text kept from the corpus")
+    ln.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the pretraining recipe (recipes/lab-length.toml), e.g. train.max_steps=600")
+    ln.add_argument("--lcft-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the fine-tune recipe (recipes/lcft-lab.toml)")
+    lc = labs.add_parser("longctx", help="perplexity by context length and key retrieval of a checkpoint")
+    lc.add_argument("--model", required=True, help="checkpoint directory (HF or Meta layout)")
+    lc.add_argument("--corpus", required=True, help="corpus folder (its held-out split) or a JSONL file with text")
+    lc.add_argument("--split", default="valid", help="which split of the corpus folder (default: valid)")
+    lc.add_argument("--benchmark", default="all", choices=["perplexity", "key-retrieval", "all"])
+    lc.add_argument("--lengths", default=None, help="e.g. 'L/4,L,4L,16L' or '4096,16384' (L = the model's length)")
+    lc.add_argument("--trained-length", type=int, default=None, help="L (default: the config's max_seq_len)")
+    lc.add_argument("--positions", default=None, help="key positions, e.g. 0,0.2,0.4 (the paper's, the default)")
+    lc.add_argument("--sweep-length", type=int, default=None, help="length of the position sweep (default: the longest)")
+    lc.add_argument("--examples", type=int, default=64, help="key-retrieval prompts per length and position")
+    lc.add_argument("--eval-tokens", type=int, default=65536, help="held-out tokens scored at every length")
+    lc.add_argument("--rope-theta", type=float, default=None, help="evaluate with this RoPE base instead")
+    lc.add_argument("--seed", type=int, default=0)
+    lc.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    lc.add_argument("--out", default=None, help="write the results to this JSON file")
+    p.set_defaults(func=_run_lab)
+
+
+def _run_lab(args):
+    from codelm.lab.length import lab_main
+
+    return lab_main(args)
+
+
+COMMANDS = [_add_info, _add_convert, _add_complete, _add_infill, _add_score, _add_train, _add_corpus, _add_demo, _add_serve, _add_eval, _add_report, _add_export, _add_lab]
 
 
 def build_parser() -> argparse.ArgumentParser:

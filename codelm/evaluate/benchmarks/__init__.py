@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 from codelm.errors import CodelmError, DataError
@@ -67,7 +68,9 @@ def mbpp_task_id(number: int) -> str:
 def _mbpp_entry_point(code: str, first_test: str) -> str | None:
     """The function the asserts call: the first function defined by the solution that the test names."""
     try:
-        names = [node.name for node in ast.parse(code).body if isinstance(node, ast.FunctionDef)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # old MBPP code has invalid escapes such as "\d"
+            names = [node.name for node in ast.parse(code).body if isinstance(node, ast.FunctionDef)]
     except SyntaxError:
         names = re.findall(r"^def\s+(\w+)", code, flags=re.M)
     called = [n for n in names if re.search(rf"\b{re.escape(n)}\s*\(", first_test)]

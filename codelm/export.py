@@ -1,0 +1,169 @@
+"""`codelm export`: a codelm checkpoint as a GGUF file (llama.cpp, Ollama) or in the Hugging Face layout (vLLM).
+
+GGUF ("llama" architecture, written with the `gguf` package):
+  tensors   token_embd, blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up,
+            ffn_down}, output_norm, output; in F32 or F16 (norms stay F32, as llama.cpp's converter does).
+            Q and K are permuted from the Hugging Face rotate-half layout (codelm's) to the interleaved
+            RoPE layout llama.cpp computes with (the permutation of llama.cpp's HF converter, which is
+            also Meta's own layout).
+  metadata  llama.* shape keys, RoPE base and linear scaling, the tokenizer (SentencePiece -> "llama",
+            with piece scores and types; codelm's byte-level BPE -> "gpt2", with merges), BOS/EOS/UNK/PAD
+            ids and the infilling ids (fim_pre/suf/mid, EOT), so llama-server's /infill works.
+Limits: codelm's byte-level BPE splits digits one by one before byte-level BPE; llama.cpp's "gpt2"
+pre-tokenizer ("default") does not, so llama.cpp can tokenize digit runs differently from codelm. The
+SentencePiece (Code Llama) vocabulary has no such gap. ALiBi models cannot be exported (llama has no ALiBi).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from codelm.errors import CodelmError, ConfigError, TokenizerError
+
+FORMATS = ("gguf", "hf")
+
+
+def gguf_tensors(model) -> dict:
+    """GGUF name -> torch tensor (Q and K in llama.cpp's interleaved RoPE layout)."""
+    from codelm.model.checkpoint import to_meta_state_dict
+
+    meta = to_meta_state_dict(model)  # Meta layout == llama.cpp's (its HF converter permutes into it)
+    out = {"token_embd.weight": meta["tok_embeddings.weight"], "output_norm.weight": meta["norm.weight"],
+           "output.weight": meta["output.weight"]}
+    names = {"attention_norm": "attn_norm", "attention.wq": "attn_q", "attention.wk": "attn_k",
+             "attention.wv": "attn_v", "attention.wo": "attn_output", "ffn_norm": "ffn_norm",
+             "feed_forward.w1": "ffn_gate", "feed_forward.w3": "ffn_up", "feed_forward.w2": "ffn_down"}
+    for i in range(model.config.n_layers):
+        for ours, theirs in names.items():
+            out[f"blk.{i}.{theirs}.weight"] = meta[f"layers.{i}.{ours}.weight"]
+    return out
+
+
+def _tokenizer_metadata(writer, tok, vocab_size: int) -> None:
+    import gguf
+
+    if tok.kind == "sentencepiece":
+        proto = tok._sp_proto
+        tokens = [p.piece.encode("utf-8") for p in proto.pieces]
+        scores = [float(p.score) for p in proto.pieces]
+        types = [int(p.type) for p in proto.pieces]  # SentencePiece's piece types use GGUF's numbering
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+    else:
+        spec = json.loads(tok._payload)
+        model = spec["model"]
+        if model.get("type") != "BPE":
+            raise TokenizerError(f"{tok.source}: only BPE tokenizer.json files can be exported to GGUF")
+        by_id = {i: t for t, i in model["vocab"].items()}
+        special = {}
+        for added in spec.get("added_tokens", []):
+            by_id[added["id"]] = added["content"]
+            special[added["id"]] = added.get("special", True)
+        n = max(by_id) + 1
+        tokens = [by_id.get(i, f"[PAD{i}]").encode("utf-8") for i in range(n)]
+        types = [int(gguf.TokenType.CONTROL) if special.get(i) else
+                 int(gguf.TokenType.UNUSED) if i not in by_id else int(gguf.TokenType.NORMAL) for i in range(n)]
+        scores = [0.0] * n
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_merges(merges)
+    # The model's embedding may be larger than the tokenizer (padded vocabularies): name the extra rows.
+    for i in range(len(tokens), vocab_size):
+        tokens.append(f"[PAD{i}]".encode())
+        scores.append(0.0)
+        types.append(int(gguf.TokenType.UNUSED))
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(tok.bos_id)
+    writer.add_eos_token_id(tok.eos_id)
+    if tok.unk_id is not None:
+        writer.add_unk_token_id(tok.unk_id)
+    if tok.pad_id is not None:
+        writer.add_pad_token_id(tok.pad_id)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    if tok.has_infilling:
+        K = gguf.Keys.Tokenizer
+        writer.add_uint32(K.FIM_PRE_ID, tok.prefix_id)
+        writer.add_uint32(K.FIM_SUF_ID, tok.suffix_id)
+        writer.add_uint32(K.FIM_MID_ID, tok.middle_id)
+        writer.add_eot_token_id(tok.eot_id)
+
+
+def export_gguf(model, tokenizer, path, name: str = "codelm", dtype: str = "float32") -> Path:
+    """Write `model` (+ tokenizer) as a GGUF file at `path` (written to a temporary file, then renamed)."""
+    import gguf
+    import numpy as np
+
+    c = model.config
+    if getattr(c, "position_encoding", "rope") != "rope":
+        raise ConfigError(f"GGUF export needs a RoPE model; this one uses {c.position_encoding}")
+    if dtype not in ("float32", "float16"):
+        raise ConfigError(f"--dtype for GGUF must be float32 or float16, got {dtype}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    try:
+        writer.add_name(name)
+        writer.add_context_length(c.max_seq_len)
+        writer.add_embedding_length(c.dim)
+        writer.add_block_count(c.n_layers)
+        writer.add_feed_forward_length(c.hidden_dim)
+        writer.add_rope_dimension_count(c.head_dim)
+        writer.add_head_count(c.n_heads)
+        writer.add_head_count_kv(c.n_kv_heads)
+        writer.add_layer_norm_rms_eps(c.norm_eps)
+        writer.add_rope_freq_base(c.rope_theta)
+        writer.add_vocab_size(c.vocab_size)
+        scaling = c.rope_scaling or {}
+        kind = scaling.get("rope_type") or scaling.get("type")
+        if kind == "linear":
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(float(scaling["factor"]))
+        elif kind not in (None, "default"):
+            raise ConfigError(f"GGUF export supports linear RoPE scaling only, not {kind!r}")
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "float32" else gguf.LlamaFileType.MOSTLY_F16)
+        if tokenizer is not None:
+            _tokenizer_metadata(writer, tokenizer, c.vocab_size)
+        for gname, tensor in gguf_tensors(model).items():
+            array = tensor.detach().float().cpu().numpy()
+            if dtype == "float16" and array.ndim == 2:
+                array = array.astype(np.float16)
+            writer.add_tensor(gname, np.ascontiguousarray(array))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def export_main(args) -> int:
+    """Entry point of `codelm export --format gguf|hf MODEL OUT`."""
+    from codelm.model.checkpoint import load, save_hf
+
+    if args.format not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+    loaded = load(args.model)
+    if args.format == "hf":
+        save_hf(loaded.model, args.out, tokenizer=loaded.tokenizer, dtype=args.dtype)
+        print(f"exported {args.model} -> {args.out} (Hugging Face layout: vllm serve {args.out})")
+        return 0
+    if loaded.tokenizer is None:
+        print(f"codelm export: warning: {args.model} has no tokenizer; the GGUF file will not run in llama.cpp",
+              file=sys.stderr)
+    if Path(args.out).is_dir():
+        raise CodelmError(f"{args.out} is a folder; give the GGUF file's path")
+    export_gguf(loaded.model, loaded.tokenizer, args.out, name=args.name or Path(args.model).resolve().name,
+                dtype=args.dtype or "float32")
+    size = Path(args.out).stat().st_size
+    print(f"exported {args.model} -> {args.out} (GGUF, {size / 1e6:.1f} MB)")
+    return 0

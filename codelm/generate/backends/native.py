@@ -1,0 +1,43 @@
+"""The native backend: codelm's own batched engine (codelm.generate) on a checkpoint `codelm.load` opens."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from codelm.errors import TokenizerError
+from codelm.generate.backends import Completion, Request, default_device
+
+
+class NativeBackend:
+    name = "native"
+
+    def __init__(self, model, tokenizer, batch_size: int = 8, source: str = "<in memory>"):
+        self.model, self.tokenizer, self.batch_size, self.source = model, tokenizer, batch_size, source
+
+    @classmethod
+    def from_path(cls, path, batch_size: int = 8, device: str | None = None, dtype: str | None = None
+                  ) -> "NativeBackend":
+        from codelm.model.checkpoint import load
+
+        device, dtype = default_device(device, dtype)
+        loaded = load(path, dtype=dtype, device=device)
+        if loaded.tokenizer is None:
+            raise TokenizerError(f"{path}: no tokenizer.json or tokenizer.model beside the checkpoint")
+        return cls(loaded.model, loaded.tokenizer, batch_size=batch_size, source=str(Path(path).resolve()))
+
+    def identity(self) -> dict:
+        return {"backend": self.name, "model": self.source}
+
+    def generate(self, requests: list[Request]) -> list[Completion]:
+        from codelm.generate import complete_batch, infill_batch
+
+        first = requests[0]
+        # One batch shares its sampling settings (generate_all groups by Request.batch_key); the seed
+        # of the batch is its first request's, so sampled samples stay distinct across batches.
+        kw = dict(max_new_tokens=first.max_new_tokens, temperature=first.temperature, top_p=first.top_p,
+                  seed=first.seed, stop=list(first.stop))
+        if first.infilling:
+            gens = infill_batch(self.model, self.tokenizer, [(r.prompt, r.suffix) for r in requests],
+                                spm=first.spm, **kw)
+        else:
+            gens = complete_batch(self.model, self.tokenizer, [r.prompt for r in requests], **kw)
+        return [Completion(g.text, "length" if g.finish_reason == "length" else "stop", len(g.tokens)) for g in gens]
