@@ -171,3 +171,32 @@ def test_namespaces_isolation_report():
         assert pid < 100  # a fresh PID namespace
         assert result.stdout.splitlines()[1] == "['0', '1', '2', '3', '4']"  # 4: the listing itself
         assert pool.ping()["processes"] == 0
+
+
+def test_an_interrupt_stops_running_jobs_at_once():
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with SandboxPool(workers=2) as pool:
+            futures = [pool.submit(job("import time\ntime.sleep(60)\n", limits=Limits(cpu_seconds=60)))
+                       for _ in range(5)]
+            time.sleep(0.3)
+            raise KeyboardInterrupt
+    assert time.monotonic() - started < 20
+    assert all(isinstance(f.exception(timeout=5), SandboxError) for f in futures)
+
+
+def test_big_answers_and_big_definitions_in_flight_together():
+    # The worker writes a large answer while the harness writes a large definition for the next
+    # job: both pipes must be pumped at once, or each side waits for the other forever.
+    with SandboxPool(workers=1) as pool:
+        pool.define_module("big-checker", "def big(ns, report, size):\n    return 'x' * size\n"
+                                          "def length(ns, report, value):\n    return len(value)\n")
+        pool.define_value("big-value", "y" * (8 << 20))
+        first = pool.submit(PythonJob(stages=[], checker={"module": "big-checker", "function": "big",
+                                                          "args": {"size": 8 << 20}},
+                                      needs=("big-checker",), result_limit=64 << 20))
+        second = pool.submit(PythonJob(stages=[], checker={"module": "big-checker", "function": "length",
+                                                           "args": {"value": {"$ref": "big-value"}}},
+                                       needs=("big-checker", "big-value")))
+        assert len(first.result(timeout=120).result) == 8 << 20
+        assert second.result(timeout=120).result == 8 << 20

@@ -241,3 +241,15 @@ def test_the_run_finishes_with_hostile_samples_in_codelm_score(tmp_path, data_di
     summary = score("humaneval", samples, workers=2, timeout=1, sandbox="namespaces", data_dir=data_dir,
                     ks="1", progress=False)
     assert summary["samples"] == len(hostile) and summary["passed"] == 0
+
+
+def test_creating_namespaces_or_remounting_is_refused(pool):
+    before = open("/proc/sys/user/max_user_namespaces").read()
+    result = attack(pool, "import ctypes\n"
+                          "libc = ctypes.CDLL(None, use_errno=True)\n"
+                          "results = [libc.unshare(flag) for flag in (0x10000000, 0x00020000, 0x40000000)]\n"
+                          "results.append(libc.mount(b'none', b'/usr', None, 32 | 4096, None))\n"
+                          "stolen = 'escaped' if 0 in results else 'refused'\n",
+                    expected="refused")
+    assert result.status == "passed", result.reason  # every attempt was refused
+    assert open("/proc/sys/user/max_user_namespaces").read() == before  # the host's own limit is untouched

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import errno
 import json
 import os
 import queue
@@ -186,26 +187,9 @@ def describe_weakness(isolation: Isolation) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- framing (harness side)
-def _read_exact(fd: int, n: int, deadline: float) -> bytes:
-    chunks = []
-    while n:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise WorkerDied("no answer in time")
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
-            continue
-        chunk = os.read(fd, min(n, 1 << 20))
-        if not chunk:
-            raise WorkerDied("worker exited")
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def _read_frame(fd: int, deadline: float) -> dict:
-    (length,) = struct.unpack(">I", _read_exact(fd, 4, deadline))
-    return json.loads(_read_exact(fd, length, deadline))
+def _frame_bytes(frame: dict) -> bytes:
+    data = json.dumps(frame, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return struct.pack(">I", len(data)) + data
 
 
 # ----------------------------------------------------------------------------- one worker
@@ -232,8 +216,12 @@ class Worker:
             [sys.executable, "-I", str(ZYGOTE_SCRIPT), json.dumps(zygote_config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env, cwd="/",
             start_new_session=True, bufsize=0)
+        # Both pipes are pumped together (see send): a big job frame going in while a big answer
+        # comes out must not leave each side waiting for the other to read.
+        self.inbox = bytearray()
+        os.set_blocking(self.process.stdin.fileno(), False)
         try:
-            hello = _read_frame(self.process.stdout.fileno(), time.monotonic() + 120)
+            hello = self.receive(time.monotonic() + 120)
         except WorkerDied as e:
             self.close()
             raise SandboxError(f"sandbox worker did not start ({e}): {self.stderr_tail()}") from None
@@ -250,14 +238,41 @@ class Worker:
             return "(stderr unavailable)"
 
     def send(self, frame: dict) -> None:
-        data = json.dumps(frame, ensure_ascii=False).encode("utf-8", "surrogatepass")
-        try:
-            self.process.stdin.write(struct.pack(">I", len(data)) + data)
-        except (BrokenPipeError, OSError) as e:
-            raise WorkerDied(f"cannot send a job: {e}") from None
+        """Write a frame, reading answers into the inbox meanwhile (the zygote may be writing one)."""
+        data = memoryview(_frame_bytes(frame))
+        stdin, stdout = self.process.stdin.fileno(), self.process.stdout.fileno()
+        while data:
+            readable, writable, _ = select.select([stdout], [stdin], [], 60)
+            if readable:
+                self._read_some()
+            if writable:
+                try:
+                    data = data[os.write(stdin, data[:1 << 20]):]
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    raise WorkerDied(f"cannot send a job: {e}") from None
 
     def receive(self, deadline: float) -> dict:
-        return _read_frame(self.process.stdout.fileno(), deadline)
+        """The next answer frame, waiting until `deadline` at most."""
+        while True:
+            if len(self.inbox) >= 4:
+                (length,) = struct.unpack(">I", self.inbox[:4])
+                if len(self.inbox) >= 4 + length:
+                    frame = json.loads(self.inbox[4:4 + length])
+                    del self.inbox[:4 + length]
+                    return frame
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WorkerDied("no answer in time")
+            if select.select([self.process.stdout.fileno()], [], [], remaining)[0]:
+                self._read_some()
+
+    def _read_some(self) -> None:
+        chunk = os.read(self.process.stdout.fileno(), 1 << 20)
+        if not chunk:
+            raise WorkerDied(f"worker exited: {self.stderr_tail(500)}")
+        self.inbox += chunk
 
     def request(self, frame: dict, timeout: float) -> dict:
         """Send one job and wait for its answer (only when nothing else is outstanding)."""
@@ -298,6 +313,13 @@ class Worker:
             frontier.extend(children)
         return pids
 
+    def kill(self) -> None:
+        """Kill the worker's process group (boot, holder, zygote); its namespace dies with the zygote."""
+        try:
+            os.killpg(self.process.pid, 9)
+        except ProcessLookupError:
+            pass
+
     def close(self) -> None:
         process = getattr(self, "process", None)
         if process is not None and process.poll() is None:
@@ -307,10 +329,7 @@ class Worker:
             except (OSError, subprocess.TimeoutExpired):
                 pass
             if process.poll() is None:
-                try:
-                    os.killpg(process.pid, 9)
-                except ProcessLookupError:
-                    pass
+                self.kill()
                 process.wait()
         if process is not None:
             for stream in (process.stdin, process.stdout):
@@ -328,12 +347,29 @@ class Worker:
 def _remove_stage_dir(path: str) -> None:
     import shutil
 
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        return
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)  # rlimits mode leaves the work folder of a killed job
+    for _ in range(100):  # the namespace holding the mount goes away just after its last process
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno == errno.ENOTEMPTY:
+                shutil.rmtree(path, ignore_errors=True)  # rlimits mode leaves the work folder of a killed job
+                return
+            time.sleep(0.01)
+
+
+def _remove_stale_stage_dirs() -> None:
+    """Empty stage folders left by killed runs (rmdir fails on any still in use as a mount point)."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        try:
+            if name.startswith("codelm-sandbox-") and time.time() - os.stat(path).st_mtime > 600:
+                os.rmdir(path)
+        except OSError:
+            pass
 
 
 # ----------------------------------------------------------------------------- choosing a mode
@@ -384,6 +420,7 @@ class SandboxPool:
 
     def __init__(self, workers: int = 2, config: SandboxConfig | None = None, mode: str | None = None):
         self.config = config or SandboxConfig()
+        _remove_stale_stage_dirs()
         first = open_worker(self.config, mode or self.config.mode)  # fails here, not in a thread
         self.mode, self.isolation = first.mode, first.isolation
         self.definitions: dict[str, tuple[str, object]] = {}
@@ -391,7 +428,7 @@ class SandboxPool:
         self.workers: list[Worker | None] = [None] * max(1, int(workers))
         self.threads = [threading.Thread(target=self._serve, args=(i,), daemon=True, name=f"sandbox-{i}")
                         for i in range(len(self.workers))]
-        self.closed = False
+        self.closed = self.threads_stopped = False
         self.workers[0] = first
         for thread in self.threads:
             thread.start()
@@ -425,9 +462,9 @@ class SandboxPool:
         return self.submit(PingJob()).result()
 
     def close(self) -> None:
-        if self.closed:
+        if self.threads_stopped:
             return
-        self.closed = True
+        self.closed = self.threads_stopped = True
         for _ in self.threads:
             self.jobs.put(None)
         for thread in self.threads:
@@ -443,10 +480,19 @@ class SandboxPool:
             if item is not None and not item[1].done():
                 item[1].set_exception(SandboxError("the sandbox pool was closed before this job ran"))
 
+    def terminate(self) -> None:
+        """Stop now (an interrupt, an error): kill the workers, whatever they are running."""
+        self.closed = True
+        for worker in list(self.workers):
+            if worker is not None:
+                worker.kill()  # its thread sees the worker die and fails the jobs it had
+
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None:
+            self.terminate()
         self.close()
 
     # ------------------------------------------------------------------ worker threads
@@ -460,6 +506,17 @@ class SandboxPool:
         while True:
             if stopping and not outstanding:
                 return
+            if self.closed and self.workers[index] is None:  # terminated: fail what is left
+                for job, future, _, _ in outstanding:
+                    future.set_exception(SandboxError("the sandbox pool was stopped"))
+                outstanding.clear()
+                if stopping:
+                    return
+                item = self.jobs.get()
+                if item is None:
+                    return
+                item[1].set_exception(SandboxError("the sandbox pool was stopped"))
+                continue
             try:
                 worker = self._worker(index)
             except SandboxError as e:
@@ -519,6 +576,8 @@ class SandboxPool:
         if worker is not None:
             worker.close()
         self.workers[index] = None
+        if self.closed:
+            return  # terminated: _serve fails the outstanding jobs
         for position, (job, future, attempts, _) in enumerate(outstanding):
             attempts += position == 0
             if attempts < 2:

@@ -357,10 +357,18 @@ def _enter_namespaces(config, isolation):
     except OSError as e:
         write_frame(1, {"ok": False, "error": f"cannot build the sandbox file system ({e})"})
         os._exit(1)
-    try:
-        _libc.sethostname(b"sandbox", 7)
-    except OSError:
-        pass
+    _libc.sethostname(b"sandbox", 7)
+    if user_ns:
+        # These limits belong to our user namespace: jobs may not create namespaces of their own
+        # (each kind reaches kernel code an unprivileged process otherwise cannot).
+        for name in sorted(os.listdir("/proc/sys/user")) if os.path.isdir("/proc/sys/user") else []:
+            if name.startswith("max_") and name.endswith("_namespaces"):
+                try:
+                    with open(f"/proc/sys/user/{name}", "w") as f:
+                        f.write("0")
+                except OSError as e:
+                    isolation["notes"].append(f"jobs may create namespaces ({name}: {e.strerror})")
+                    break
     isolation.update(pid_namespace=True, net_namespace=True, mount_namespace=True,
                      proc=os.path.exists("/proc/self/stat"))
 
