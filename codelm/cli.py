@@ -295,7 +295,64 @@ def _run_lab(args):
     return lab_main(args)
 
 
-COMMANDS = [_add_info, _add_convert, _add_complete, _add_infill, _add_score, _add_train, _add_corpus, _add_demo, _add_serve, _add_eval, _add_report, _add_export, _add_lab]
+# -------------------------------------------------------------- selfinstruct
+def _add_selfinstruct(sub):
+    p = sub.add_parser("selfinstruct", help="make question/tests/solution triplets with models, kept by execution")
+    p.add_argument("--out", required=True, help="run folder (resumed when it exists)")
+    p.add_argument("--model", default=None, help="checkpoint directory or server URL for every stage")
+    p.add_argument("--backend", default="native", choices=["native", "hf", "openai"])
+    p.add_argument("--served-model", default=None, help="openai backend: model name (default: the server's first)")
+    for stage in ("questions", "tests", "solutions"):
+        p.add_argument(f"--{stage}-model", default=None, help=f"model of the {stage} stage (default: --model)")
+        p.add_argument(f"--{stage}-backend", default=None, choices=["native", "hf", "openai"])
+        p.add_argument(f"--{stage}-served-model", default=None)
+    p.add_argument("--chat", action="store_true", help="openai backends: ask through /v1/chat/completions")
+    p.add_argument("--api-key", default=None, help="openai backend (default: $OPENAI_API_KEY)")
+    p.add_argument("--question-prompts", type=int, default=4, help="question prompts sent (50 questions asked each)")
+    p.add_argument("--max-questions", type=int, default=None, help="use only the first N unique questions")
+    p.add_argument("--questions-file", default=None, help="skip stage 1: questions from this file, one per line")
+    p.add_argument("--tests", type=int, default=5, help="unit tests kept per question")
+    p.add_argument("--solutions", type=int, default=10, help="solutions sampled per question")
+    p.add_argument("--temperature", type=float, default=None, help="questions and solutions (default 0.8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None, help="sandbox workers (default: CPU count)")
+    p.add_argument("--sandbox", default="auto", choices=["auto", "none", "rlimits", "namespaces"])
+    p.add_argument("--timeout", type=float, default=5.0, help="CPU seconds per solution run")
+    p.set_defaults(func=_run_selfinstruct)
+
+
+def _run_selfinstruct(args):
+    from codelm.selfinstruct import selfinstruct_main
+
+    return selfinstruct_main(args)
+
+
+# --------------------------------------------------------------------- chat
+def _add_chat(sub):
+    p = sub.add_parser("chat", help="chat with an instruct model in the terminal")
+    p.add_argument("--model", default=None, help="checkpoint directory (run here)")
+    p.add_argument("--url", default=None, help="or an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--served-model", default=None, help="--url: model name (default: the server's first)")
+    p.add_argument("--api-key", default=None, help="--url (default: $OPENAI_API_KEY)")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
+    p.add_argument("--device", default=None, help="--model: cpu, cuda (default: cuda if present)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(func=_run_chat)
+
+
+def _run_chat(args):
+    from codelm.chat import chat_main
+
+    return chat_main(args)
+
+
+COMMANDS = [_add_info, _add_convert, _add_complete, _add_infill, _add_score, _add_train, _add_corpus, _add_demo, _add_serve, _add_eval, _add_report, _add_export, _add_lab, _add_selfinstruct, _add_chat]
 
 
 def build_parser() -> argparse.ArgumentParser:

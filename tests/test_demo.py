@@ -2,9 +2,12 @@
 import json
 import math
 
+import pytest
+
 from codelm.cli import main
 
 
+@pytest.mark.slow
 def test_quick_demo_runs_end_to_end_and_writes_its_report(tmp_path, data_dir, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0

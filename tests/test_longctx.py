@@ -176,3 +176,29 @@ def test_lengths_and_positions_parse():
     assert lc.parse_positions(None, lc.PAPER_POSITIONS) == [0.0, 0.2, 0.4]
     with pytest.raises(ConfigError, match="outside"):
         lc.parse_positions("0,2", lc.PAPER_POSITIONS)
+
+
+def test_lab_longctx_command_writes_both_benchmarks(tmp_path, tokenizer):
+    import json
+
+    from codelm.cli import main
+    from codelm.model.checkpoint import save_hf
+    from codelm.tokenizer import stdlib_sample_texts
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = stdlib_sample_texts(60_000)
+    (corpus / "valid.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=tokenizer.vocab_size, multiple_of=16,
+                                    max_seq_len=64))
+    save_hf(model, tmp_path / "m", tokenizer=tokenizer)
+    out = tmp_path / "res.json"
+    rc = main(["lab", "longctx", "--model", str(tmp_path / "m"), "--corpus", str(corpus), "--lengths", "2L,4L",
+               "--examples", "2", "--eval-tokens", "600", "--out", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert set(res["perplexity"]) == {"128", "256"} and res["trained_length"] == 64
+    assert set(res["key_retrieval"]["grid"]) == {"128@0", "128@0.2", "128@0.4", "256@0", "256@0.2", "256@0.4"}
+    assert set(res["key_retrieval"]["sweep"]) == {f"256@{p:g}" for p in lc.SWEEP_POSITIONS}
+    assert main(["lab", "longctx", "--model", str(tmp_path / "m"), "--corpus", str(corpus), "--lengths", "x"]) == 2

@@ -75,11 +75,11 @@ def _assert_same_curves(a, b, tol=1e-5):
 def test_recipe_unknown_key_wrong_type_and_other_mistakes(tmp_path, corpus):
     good = (REPO / "recipes" / "demo.toml").read_text()
     p = tmp_path / "r.toml"
-    p.write_text(good.replace("warmup_steps = 50", "warmup_steps = 50\nwarmup_stpes = 5"))
+    p.write_text(good.replace("warmup_steps = 100", "warmup_steps = 100\nwarmup_stpes = 5"))
     with pytest.raises(ConfigError, match=r"r\.toml: unknown key 'train\.warmup_stpes'"):
         load_recipe(p)
-    p.write_text(good.replace("max_steps = 600", 'max_steps = "600"'))
-    with pytest.raises(ConfigError, match=r"r\.toml: train\.max_steps must be an integer, got string '600'"):
+    p.write_text(good.replace("max_steps = 1200", 'max_steps = "1200"'))
+    with pytest.raises(ConfigError, match=r"r\.toml: train\.max_steps must be an integer, got string '1200'"):
         load_recipe(p)
     p.write_text(good + "\n[trian]\nx = 1\n")
     with pytest.raises(ConfigError, match="unknown section.*'trian'"):
@@ -170,6 +170,13 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, corpus, tokenizer
     b = train(_recipe(tmp_path / "b", corpus, tokenizer_dir, train={"max_steps": 4, "micro_batch_size": 2}),
               show_progress=False)
     _assert_same_curves(a.run_dir, b.run_dir, tol=2e-5)
+
+
+def test_activation_checkpointing_changes_nothing(tmp_path, corpus, tokenizer_dir):
+    a = train(_recipe(tmp_path / "a", corpus, tokenizer_dir, train={"max_steps": 3}), show_progress=False)
+    b = train(_recipe(tmp_path / "b", corpus, tokenizer_dir, train={"max_steps": 3, "activation_checkpointing": True}),
+              show_progress=False)
+    _assert_same_curves(a.run_dir, b.run_dir, tol=1e-6)
 
 
 # ---------------------------------------------------------------------- resume

@@ -2,7 +2,8 @@
 
 `codelm corpus --out DIR [--source PATH_OR_GIT_URL ...]` writes
 
-    DIR/train.jsonl, DIR/valid.jsonl   one file per line: path, source, language, bytes, sha256, text
+    DIR/train.jsonl, DIR/valid.jsonl   one file per line: path (source/relative path), language, bytes,
+                                       sha256, text
     DIR/removed.jsonl                  every file left out, with the reason
     DIR/report.json, DIR/report.md     counts: files, bytes, languages, duplicates, contamination
 
@@ -13,7 +14,9 @@ it stopped; the corpus-wide stages after it (dedupe, split, write) take seconds.
 Near-duplicates are found with MinHash + LSH (datasketch) over 5-grams of code
 tokens in which identifiers are replaced by a placeholder (keywords kept), so a
 copy with renamed variables has the same shingles as the original.
-Decontamination looks for word 10-grams of each benchmark prompt and solution:
+Decontamination looks for word 10-grams of each benchmark prompt and solution
+(HumanEval, HumanEval+, MBPP, MBPP+, the HumanEval-infilling sets, and the
+MultiPL-E translations of the prompts when the data folder holds them):
 a file is contaminated when it contains at least half of the 10-grams of one
 benchmark text (and at least 3 of them). Measured on the Python 3.11 standard
 library, the worst unrelated file shares 3 of ~60 10-grams with an MBPP task
@@ -305,8 +308,21 @@ def benchmark_texts(problem: dict) -> dict[str, str]:
     return {k: v for k, v in texts.items() if v.strip()}
 
 
+_INDEX_CACHE: dict[tuple, BenchmarkIndex] = {}
+
+
 def build_benchmark_index(data_dir: str | None, n: int,
                           names: list[str] | None = None) -> BenchmarkIndex:
+    """The n-gram index of every benchmark text (cached per process: it takes seconds to build)."""
+    where = data_dir or os.environ.get("CODELM_DATA_DIR")
+    key = (where, _fingerprint_data_dir(where), n, tuple(names or DECONTAM_BENCHMARKS))
+    if key not in _INDEX_CACHE:
+        _INDEX_CACHE.clear()
+        _INDEX_CACHE[key] = _build_benchmark_index(data_dir, n, names)
+    return _INDEX_CACHE[key]
+
+
+def _build_benchmark_index(data_dir: str | None, n: int, names: list[str] | None) -> BenchmarkIndex:
     from codelm.evaluate.benchmarks import load_problems
 
     labels: list[str] = []
@@ -334,6 +350,25 @@ def build_benchmark_index(data_dir: str | None, n: int,
                 sizes.append(len(grams))
                 for g in grams:
                     postings[g].append(idx)
+    # MultiPL-E (evaluation only, by its licence) has prompts in 20 languages, no solutions.
+    folder = Path(data_dir or os.environ.get("CODELM_DATA_DIR") or "") / "multipl_e"
+    translated = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    for f in translated:
+        for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                row = json.loads(line)
+                prompt = row.get("prompt") or ""
+            except (json.JSONDecodeError, AttributeError):
+                raise DataError(f"{f}:{i}: not a JSON object") from None
+            grams = _word_ngrams(prompt, n) if prompt not in seen_texts else set()
+            seen_texts.add(prompt)
+            if grams:
+                for g in grams:
+                    postings[g].append(len(labels))
+                labels.append(f"multipl-e/{f.stem}:{row.get('name')}:prompt")
+                sizes.append(len(grams))
+    if translated:
+        loaded.append(f"multipl-e ({len(translated)} files)")
     return BenchmarkIndex(n, labels, sizes, dict(postings), loaded, missing)
 
 
@@ -445,18 +480,6 @@ def build_corpus(out: str | Path, sources: list[str] | None = None, data_dir: st
     data_dir = data_dir if data_dir is not None else os.environ.get("CODELM_DATA_DIR")
     srcs = resolve_sources(sources, work)
 
-    # A previous scan is reused only if it was made with the same sources and settings.
-    state = {"sources": [str(s.root) for s in srcs], "options": asdict(opts),
-             "data": _fingerprint_data_dir(data_dir)}
-    state_path, scan_path = work / "state.json", work / "scan.jsonl"
-    old_state = json.loads(state_path.read_text()) if state_path.exists() else None
-    if old_state != state:
-        scan_path.unlink(missing_ok=True)
-        _write_atomic(state_path, lambda f: json.dump(state, f, indent=1))
-    done = {r["path"]: r for r in _read_jsonl(scan_path)}
-    # Rewrite what was read, so a line torn by a kill does not swallow the next record appended.
-    _write_atomic(scan_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in done.values()))
-
     files = [pf for s in srcs for pf in list_files(s, opts.exclude)]
     if not files:
         raise DataError(f"corpus: no files found in {', '.join(str(s.root) for s in srcs)}")
@@ -465,6 +488,18 @@ def build_corpus(out: str | Path, sources: list[str] | None = None, data_dir: st
     bench = build_benchmark_index(data_dir, opts.decontam_ngram)
     decontam = {"benchmarks": bench.benchmarks, "missing": bench.missing, "ngram": opts.decontam_ngram,
                 "texts": len(bench.labels)}
+
+    # A previous scan is reused only if it was made with the same sources, settings and benchmarks.
+    state = {"sources": [str(s.root) for s in srcs], "options": asdict(opts),
+             "data": _fingerprint_data_dir(data_dir), "benchmarks": bench.benchmarks}
+    state_path, scan_path = work / "state.json", work / "scan.jsonl"
+    old_state = json.loads(state_path.read_text()) if state_path.exists() else None
+    if old_state != state:
+        scan_path.unlink(missing_ok=True)
+        _write_atomic(state_path, lambda f: json.dump(state, f, indent=1))
+    done = {r["path"]: r for r in _read_jsonl(scan_path)}
+    # Rewrite what was read, so a line torn by a kill does not swallow the next record appended.
+    _write_atomic(scan_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in done.values()))
 
     todo = [(p, f) for p, f in files if p not in done]
     with open(scan_path, "a", encoding="utf-8") as log:
@@ -620,7 +655,8 @@ def corpus_main(args) -> int:
           f"{r.train_files} train, {r.valid_files} valid; {r.exact_duplicates} exact and "
           f"{r.near_duplicates} near duplicates, {len(r.contaminated)} contaminated removed")
     if r.decontamination.get("missing"):
-        print(f"corpus: warning: not decontaminated against {'; '.join(r.decontamination['missing'])}",
-              file=sys.stderr)
+        names = ", ".join(m.split(" (", 1)[0] for m in r.decontamination["missing"])
+        print(f"corpus: warning: not decontaminated against {names} (data not found; see the report; "
+              "set CODELM_DATA_DIR or --data-dir)", file=sys.stderr)
     print(f"corpus: report in {Path(args.out) / 'report.md'}")
     return 0

@@ -109,7 +109,9 @@ def build_requests(tasks, protocol, dec: dict, chat: bool) -> list[tuple[Request
     for task in tasks:
         for j in range(dec["n"]):
             sampled = dec["temperature"] > 0
-            items.append((Request(task.prompt, task.suffix, spm=protocol.spm, max_new_tokens=dec["max_new_tokens"],
+            # A chat server lays out [INST] itself: send it the bare message where the protocol has one.
+            prompt = task.meta.get("chat_message", task.prompt) if chat else task.prompt
+            items.append((Request(prompt, task.suffix, spm=protocol.spm, max_new_tokens=dec["max_new_tokens"],
                                   temperature=dec["temperature"], top_p=dec["top_p"],
                                   # A chat answer is prose around code: the completion stop words would cut it.
                                   stop=() if chat and task.suffix is None else tuple(task.stop),

@@ -22,6 +22,11 @@ multipl-e-LANG  zero-shot greedy on MultiPL-E's "reworded" HumanEval translation
 gsm8k  the paper names no method; here: 8-shot chain of thought with the first 8 GSM8K *train*
     problems as shots (their calculator annotations <<...>> removed, the final "#### N" written as
     "The answer is N."), answer = the number after the last "The answer is", else the last number.
+mbpp-instruct  zero-shot MBPP for instruct models (the self-instruct ablation, Table 8; Fig. 13
+    prompt): "[INST] You are an expert Python programmer, and here is your task: {text} Your code
+    should pass these tests:\\n\\n{three asserts}\\nYour code should start with a [PYTHON] tag and end
+    with a [/PYTHON] tag. [/INST]"; the program is the first [PYTHON] block of the answer. With a
+    chat backend the text inside [INST] ... [/INST] is sent as the user's message.
 gsm8k-pal  program-aided: 3 hand-written Python `solution()` shots for train problems 1-3; the
     generated function runs in the sandbox and its return value is the answer.
 """
@@ -155,6 +160,30 @@ def mbpp_post(task: Task, text: str) -> str:
     return cut(text, MBPP_STOP + ("\nYou are an expert Python programmer",)).strip("\n") + "\n"
 
 
+def mbpp_instruct_message(row: dict) -> str:
+    return ("You are an expert Python programmer, and here is your task: " + row["text"]
+            + " Your code should pass these tests:\n\n" + "\n".join(row["test_list"])
+            + "\nYour code should start with a [PYTHON] tag and end with a [/PYTHON] tag.")
+
+
+def _mbpp_instruct_tasks(data_dir):
+    rows = _mbpp_rows(data_dir)
+    tasks = []
+    for n in MBPP_TEST_SPLIT:
+        if n in rows:
+            message = mbpp_instruct_message(rows[n])
+            # A completion backend gets the [INST] layout as text: encoded with BOS it is the same
+            # token sequence as the one-turn chat prompt.
+            tasks.append(Task(f"Mbpp/{n}", f"[INST] {message.strip()} [/INST]", stop=("[INST]",),
+                              meta={"chat_message": message}))
+    return tasks
+
+
+def mbpp_instruct_post(task: Task, text: str) -> str:
+    code = _PYTHON_TAGS.search(text)
+    return (code.group(1).strip("\n") + "\n") if code else text
+
+
 # ----------------------------------------------------------------------------- infilling
 def _infilling_tasks(which: str):
     def load(data_dir):
@@ -184,6 +213,8 @@ def _protocols() -> dict[str, Protocol]:
         "humaneval+": Protocol("humaneval+", "humaneval+", "runner", _humaneval_tasks("humaneval+"), humaneval_post),
         "mbpp": Protocol("mbpp", "mbpp", "runner", _mbpp_tasks(False), mbpp_post, paper="Table 2"),
         "mbpp+": Protocol("mbpp+", "mbpp+", "runner", _mbpp_tasks(True), mbpp_post, sample_field="solution"),
+        "mbpp-instruct": Protocol("mbpp-instruct", "mbpp", "runner", _mbpp_instruct_tasks, mbpp_instruct_post,
+                                  paper="Table 8 (MBPP zero-shot)"),
     }
     for which in INFILLING_SETS:
         bench = f"humaneval-infilling-{which}"

@@ -82,6 +82,7 @@ class LabSettings:
     max_length_multiple: int = 16
     methods: list[str] | None = None  # which methods to run (default: all six)
     retrieval: bool = True            # key retrieval and the position sweep (off: perplexity only)
+    corpus: Path | None = None        # an existing corpus folder (train.jsonl, valid.jsonl) instead of building one
     corpus_sources: list[str] | None = None   # default: the standard library (tests left out)
     show_progress: bool = True
 
@@ -130,20 +131,49 @@ def _recipe(raw: dict, overrides: list[str], changes: dict, where: str):
             node.pop(last, None)
         else:
             node[last] = value
+    t, d = raw.setdefault("train", {}), raw.get("data", {})
+    seq = d.get("seq_len", 4096)
+    # The lab changes lengths (--seq-len, --lcft-factor): keep the batch a whole number of sequences and
+    # the micro-batch a divisor of it, as the training loop requires.
+    seqs = max(1, t.get("batch_tokens", seq) // seq)
+    t["batch_tokens"] = seqs * seq
+    micro = min(t.get("micro_batch_size", 1), seqs)
+    while seqs % micro:
+        micro -= 1
+    t["micro_batch_size"] = micro
     return recipe_from_dict(raw, where)
 
 
 # ------------------------------------------------------------------- corpus
-def prepare_corpus(s: LabSettings):
-    """OUT/corpus: the standard library (or the given sources), 10% of the files held out."""
-    from codelm.data.corpus import CorpusOptions, build_corpus, stdlib_dir
+def prepare_corpus(s: LabSettings) -> Path:
+    """OUT/corpus: the Python files of the standard library (or the given folders), tests left out, through
+    codelm corpus's quality filters, 10% of the files held out by a hash of their path. No deduplication or
+    benchmark decontamination (`codelm corpus` does those): the lab evaluates on its own held-out files only."""
+    from codelm.data.corpus import CorpusOptions, detect_language, list_files, quality_problem, resolve_sources, split_of
     from codelm.demo import DEMO_EXCLUDE
 
-    sources = s.corpus_sources or [str(stdlib_dir())]
-    opts = CorpusOptions(languages=["python"], exclude=DEMO_EXCLUDE, valid_fraction=0.1)
     corpus = s.out / "corpus"
-    if not (corpus / "train.jsonl").is_file() or not (corpus / "valid.jsonl").is_file():
-        build_corpus(corpus, sources=sources, opts=opts, show_progress=s.show_progress)
+    if (corpus / "train.jsonl").is_file() and (corpus / "valid.jsonl").is_file():
+        return corpus
+    opts = CorpusOptions(languages=["python"], exclude=DEMO_EXCLUDE, valid_fraction=0.1)
+    rows: dict[str, list[str]] = {"train": [], "valid": []}
+    for src in resolve_sources(s.corpus_sources, s.out):
+        for path, file in list_files(src, opts.exclude):
+            if not path.endswith(".py"):
+                continue
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            if detect_language(file, text[:200]) != "python" or quality_problem(text, opts):
+                continue
+            rows[split_of(path, opts.seed, opts.valid_fraction)].append(json.dumps({"path": path, "text": text}) + "\n")
+    if not rows["train"] or not rows["valid"]:
+        raise DataError(f"lab: too few Python files in {s.corpus_sources or 'the standard library'} "
+                        f"({len(rows['train'])} training, {len(rows['valid'])} held out)")
+    corpus.mkdir(parents=True, exist_ok=True)
+    for split in ("valid", "train"):
+        _write_text(corpus / f"{split}.jsonl", "".join(rows[split]))
     return corpus
 
 
@@ -225,12 +255,24 @@ def _train(recipe, show_progress: bool) -> Path:
     from codelm.train.loop import train
 
     final = recipe.out_dir / "final"
+    made_by = recipe.out_dir / "recipe.json"
+    if made_by.is_file() and _essentials(json.loads(made_by.read_text())) != _essentials(recipe.to_dict()):
+        raise ConfigError(f"{recipe.out_dir} was trained with other settings; use another --out for these")
     if (final / "config.json").is_file() and (recipe.out_dir / "summary.json").is_file():
         return final
     result = train(recipe, resume=True, show_progress=show_progress)
     if result.final_dir is None:
         raise ConfigError(f"{recipe.out_dir}: training stopped before its last step (train.stop_at_step?)")
     return result.final_dir
+
+
+def _essentials(recipe: dict) -> str:
+    """What a finished run's reuse depends on: the model, its start, the length, the schedule and the seed."""
+    m, d, t = recipe["model"], recipe["data"], recipe["train"]
+    return json.dumps([m.get("preset"), m.get("init_from"), m.get("config"), d.get("seq_len"),
+                       [(x.get("path"), x.get("weight")) for x in d.get("sources", [])],
+                       [t.get(k) for k in ("max_steps", "batch_tokens", "lr", "warmup_steps")],
+                       recipe["run"].get("seed")], sort_keys=True)
 
 
 @dataclass
@@ -355,7 +397,10 @@ def run_lab(s: LabSettings) -> dict:
     t0 = time.time()
     say = print if s.show_progress else (lambda *a, **k: None)
     say(f"lab length: 1/4 corpus, tokenizer and retrieval drills in {s.out}")
-    corpus = prepare_corpus(s)
+    corpus = Path(s.corpus) if s.corpus else prepare_corpus(s)
+    for split in ("train", "valid"):
+        if not (corpus / f"{split}.jsonl").is_file():
+            raise DataError(f"lab: {corpus / (split + '.jsonl')} not found (a corpus folder from `codelm corpus`)")
     code_dir = trimmed_training_text(corpus, s.out / "data" / "code", s.train_chars)
     tokenizer, tdir = prepare_tokenizer(s, code_dir, probe.tokenizer.vocab_size or 1024)
     tr = probe.train
@@ -403,13 +448,15 @@ def run_lab(s: LabSettings) -> dict:
             if got is None or got.get("key") != settings_key:
                 say(f"lab length: 4/4 seed {seed}: evaluating {m.label}")
                 ev = evaluate_model(_load_model(path, m.inference), tokenizer, data, s, seed, m.name)
-                got = {"key": settings_key, "method": m.name, "seed": seed, "model": str(path), **ev}
+                got = {"key": settings_key, "method": m.name, "seed": seed, "model": str(path),
+                       "eval_seconds": round(time.time() - t0, 1), **ev}
                 _write_json(cache, got)
             results[m.name][seed] = got
             timings["eval_s"] = timings.get("eval_s", 0.0) + time.time() - t0
 
     summary = summarize(results, ms, data, L, s, plan)
     summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    summary["compute_s"] = compute_seconds(s.out, results)
     summary["seconds"] = round(time.time() - t_start, 1)
     _write_json(s.out / "results.json", summary)
     table = table_markdown(summary)
@@ -439,6 +486,16 @@ def quick_settings(s: LabSettings) -> LabSettings:
     s.quick, s.retrieval, s.drill_weight = True, False, 0.0
     s.train_chars, s.eval_tokens = min(s.train_chars, 1_500_000), min(s.eval_tokens, 4096)
     return s
+
+
+def compute_seconds(out: Path, results: dict) -> dict:
+    """Time spent on every run and evaluation of this lab, over all the invocations that made them."""
+    train = {}
+    for summary in sorted((out / "runs").glob("seed*/*/summary.json")):
+        train[f"{summary.parent.parent.name}/{summary.parent.name}"] = json.loads(summary.read_text())["seconds"]
+    evals = sum(r.get("eval_seconds", 0.0) for per_seed in results.values() for r in per_seed.values())
+    return {"training": round(sum(train.values()), 1), "evaluation": round(evals, 1),
+            "total": round(sum(train.values()) + evals, 1), "runs": {k: round(v, 1) for k, v in train.items()}}
 
 
 # ------------------------------------------------------------ summarising
@@ -701,10 +758,14 @@ def explanation(summary: dict, table: str) -> str:
             "angle combinations never met in training, and the attention scores built from them are out of "
             "distribution.")
     if "rope-1e6-infer" in ms:
+        vs = [f"{100 * (ppl('rope-1e6-infer', k) / ppl('rope', k) - 1):+.0f}% at {_mult(k * L, L)}"
+              for k in (1, far)] if "rope" in ms else []
         bullets.append(
-            f"**θ raised at inference only**: {curve('rope-1e6-infer')}. Changing θ changes every angle the model "
-            "learned, including inside the window, so nothing the model knows is reused (Table 18's second row: "
-            "identical to no change at 8k and beyond).")
+            f"**θ raised at inference only**: {curve('rope-1e6-infer')}"
+            + (f" ({', '.join(vs)} against the unchanged model)" if vs else "") + ". A new θ changes every angle "
+            "the model learned, inside the window too, which costs accuracy at short range; slower rotations also "
+            "keep long distances nearer to angles seen in training. Without fine-tuning the model never learns the "
+            "new angles: in the paper's Table 18 (key retrieval) this row equals the unchanged model.")
     if "lcft-1e4" in ms:
         bullets.append(
             f"**Fine-tuning at {ft}L keeping θ = 1e4**: {curve('lcft-1e4')}. Training at {ft}L shows the model the "
@@ -712,8 +773,8 @@ def explanation(summary: dict, table: str) -> str:
     if "pi-ft" in ms:
         bullets.append(
             f"**Position interpolation ×{ft} + fine-tune**: {curve('pi-ft')}. Dividing positions by {ft} maps {ft}L onto the "
-            "trained range, but squeezes the fast frequencies that carry local detail (see L/2 before and after), and "
-            f"past {ft}L it extrapolates like plain RoPE.")
+            "trained range, but squeezes the fast frequencies that carry local detail (compare L/2 before and after "
+            f"the fine-tune in the table), and past {ft}L the angles are unseen again.")
     if "lcft-1e6" in ms:
         bullets.append(
             f"**LCFT with θ = 1e6 (Code Llama)**: {curve('lcft-1e6')}. A larger base slows every rotation, so the "
@@ -727,7 +788,14 @@ def explanation(summary: dict, table: str) -> str:
             "that distant tokens are used. Key retrieval at a distance does.")
     if summary.get("retrieval"):
         parts = [f"{ms[m]['label']} {kr(m, 1)} at L and {kr(m, top)} at {top}L" for m in ms]
-        bullets.append("**Key retrieval** (keys at relative positions 0, 0.2, 0.4): " + "; ".join(parts) + ".")
+        best_at_L = max(ms[m]["key_retrieval_by_length"][str(L)]["mean"] for m in ms)
+        caveat = ""
+        if best_at_L < 0.25:
+            caveat = (" No model retrieves reliably even at L, so this run says nothing about retrieval at a "
+                      "distance: the model has not learned the skill within its window (train longer, e.g. "
+                      "`--set train.max_steps=2000`, or raise `--drill-weight`).")
+        bullets.append("**Key retrieval** (keys at relative positions 0, 0.2, 0.4): " + "; ".join(parts) + "."
+                       + caveat)
     g = summary.get("goal")
     goal = ""
     if g:
@@ -797,8 +865,15 @@ def demo_lcft_step(final_dir: str | Path, corpus_dir: str | Path, out: str | Pat
     texts = lc.held_out_texts(corpus_dir, "valid")
     mults = [0.5, 1, 2, 4] if quick else [0.5, 1, 2, 4, 8]
     lengths = [int(m * L) for m in mults]
-    docs = lc.long_documents(texts, before.tokenizer, min_tokens=max(lengths) + 1,
-                             total_tokens=2 * max(lengths) if quick else 8 * max(lengths))
+    budget = 2 * max(lengths) if quick else 4 * max(lengths)
+    try:
+        docs = lc.long_documents(texts, before.tokenizer, min_tokens=max(lengths) + 1, total_tokens=budget)
+    except DataError:   # a small held-out split without a file that long: read the files one after another
+        stream = lc.code_token_stream(texts, before.tokenizer, max_tokens=budget)
+        if len(stream) < max(lengths) + 1:
+            raise DataError(f"{corpus_dir}: the held-out files hold {len(stream)} tokens, fewer than the "
+                            f"{max(lengths) + 1} the longest window needs") from None
+        docs = [np.concatenate([[before.tokenizer.bos_id], stream]).astype(np.int64)]
     curves = {"before": lc.perplexity_by_length(before.model.eval(), docs, lengths, progress=show_progress),
               "after": lc.perplexity_by_length(after.model.eval(), docs, lengths, progress=show_progress)}
     plt = _plt()

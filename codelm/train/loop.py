@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from codelm.data.corpus import corpus_texts
 from codelm.data.fim import FimSettings
-from codelm.data.packing import IGNORE_INDEX, MixedStream, TokenFile, build_token_file, make_batch
+from codelm.data.instruct import InstructFile, MaskedMixedStream, batch_of, build_instruct_file
+from codelm.data.packing import IGNORE_INDEX, TokenFile, build_token_file
 from codelm.errors import CheckpointError, ConfigError, DataError, TokenizerError
 from codelm.train import distributed as D
 from codelm.train.recipe import Recipe, load_recipe, source_name
@@ -149,16 +150,22 @@ def prepare_data(recipe: Recipe, run_dir: Path, tokenizer, info: D.DistInfo, sho
                     raise DataError(f"data source {s.path}: no training data")
                 continue
             plan.append((name, split, src, data_dir / f"{name}.{split}.bin"))
+    kinds = {source_name(s): s.kind for s in d.sources}
     if info.is_main:
         for name, split, src, out in plan:
+            if kinds[name] == "instruct":  # dialogs: whole per row, loss on assistant tokens only
+                build_instruct_file(src, tokenizer, out, d.seq_len,
+                                    settings={"source": _source_fingerprint(str(src), "train")})
+                continue
             build_token_file(corpus_texts(src), tokenizer, out, d.seq_len,
                              fim=fim if split == "train" else None,
                              max_document_chars=d.max_document_chars,
                              settings={"source": _source_fingerprint(str(src), "train")},
                              show_progress=show_progress, desc=f"tokenize {name}/{split}")
     D.barrier(info)
-    train = [TokenFile(out) for name, split, _, out in plan if split == "train"]
-    valid = {name: TokenFile(out) for name, split, _, out in plan if split == "valid"}
+    opener = {"text": TokenFile, "instruct": InstructFile}
+    train = [opener[kinds[name]](out) for name, split, _, out in plan if split == "train"]
+    valid = {name: opener[kinds[name]](out) for name, split, _, out in plan if split == "valid"}
     for f in train:
         if f.n_sequences == 0:
             raise DataError(f"{f.path}: the training data of this source is shorter than one sequence of "
@@ -471,7 +478,7 @@ def evaluate(model, valid: dict, n_sequences: int, micro_batch: int, info: D.Dis
         mine = list(range(info.rank, n, info.world_size))   # same count on every process
         s = [0.0, 0.0]
         for i in range(0, len(mine), micro_batch):
-            x, y = make_batch([f.sequence(k) for k in mine[i:i + micro_batch]], f.pad_id)
+            x, y = batch_of(f, mine[i:i + micro_batch])
             with autocast:
                 logits = model(x.to(info.device))
             s[0] += float(_cross_entropy_sum(logits, y.to(info.device)))
@@ -534,7 +541,7 @@ def _train(recipe: Recipe, resume: bool, show_progress: bool, info: D.DistInfo) 
     if d.fim_rate > 0:
         tokenizer.require_infilling()
     train_files, valid_files = prepare_data(recipe, run_dir, tokenizer, info, show_progress)
-    stream = MixedStream(train_files, [s.weight for s in d.sources], recipe.run.seed)
+    stream = MaskedMixedStream(train_files, [s.weight for s in d.sources], recipe.run.seed)
 
     # Model: rank 0 builds or loads it whole; with several processes the others start empty
     # (meta device) and receive their shards from rank 0 after sharding.

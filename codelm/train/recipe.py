@@ -55,6 +55,7 @@ class SourceSection:
     path: str                       # a corpus folder (train.jsonl, valid.jsonl) or a JSONL file with "text"
     weight: float = 1.0             # sampling weight in the mix
     name: str | None = None         # default: the folder's name
+    kind: str = "text"              # text (documents, FIM) or instruct (dialogs: loss on assistant tokens)
 
 
 @dataclass
@@ -299,6 +300,11 @@ def validate(r: Recipe) -> None:
     for i, s in enumerate(d.sources):
         if s.weight < 0:
             raise ConfigError(f"{w}: data.sources[{i}].weight must not be negative")
+        if s.kind not in ("text", "instruct"):
+            raise ConfigError(f"{w}: data.sources[{i}].kind must be text or instruct, got {s.kind!r}")
+        if s.kind == "instruct" and t.vocab_size is not None:
+            raise ConfigError(f"{w}: data.sources[{i}] is instruct data: take the tokenizer of model.init_from "
+                              "or tokenizer.path instead of training one (tokenizer.vocab_size)")
     if sum(s.weight for s in d.sources) <= 0:
         raise ConfigError(f"{w}: the data.sources weights sum to 0")
     _positive(w, "data.seq_len", d.seq_len, minimum=16)

@@ -1,0 +1,290 @@
+"""Instruction data: dialogs as (token ids, loss mask), packed whole into training rows; tag parsing.
+
+A dialog is {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}, roles
+alternating user/assistant after an optional system message and ending with the assistant. It is
+laid out exactly as `codelm.generate.prompts.chat_tokens` lays out finished exchanges (reference
+doc §4.1): one `encode("[INST] {user} [/INST] {answer} ", bos=True, eos=True)` per exchange, the
+system message folded into the first user turn. The loss mask is True only on the answer's tokens
+and the EOS that closes it: the model learns to answer and to stop, never to write the user's part.
+
+Training rows hold L + 1 tokens (L inputs, L shifted targets). A dialog is never split across two
+rows: dialogs are placed in order, and one that does not fit what is left of a row starts the next
+row, the gap padded (pad targets carry no loss). A dialog longer than a row is left out and counted.
+Attention still sees earlier dialogs of the same row, as in any packed training.
+
+An instruct token file is NAME.bin (rows of L + 1 ids), NAME.mask.bin (one byte per id: 1 where
+that id is a target with loss) and NAME.json (settings, counts); rebuilt only when the data, the
+tokenizer or the settings change. `MaskedMixedStream` mixes such files with plain token files
+(rehearsal: the paper's 6% code and 2% natural language) by recipe weight.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from codelm.data.packing import IGNORE_INDEX, MixedStream, make_batch, token_dtype, tokenizer_fingerprint
+from codelm.errors import DataError
+from codelm.generate.prompts import B_INST, B_SYS, E_INST, E_SYS, ChatFormatError, check_dialog
+
+FORMAT = 1
+
+
+# ----------------------------------------------------------------------------- tags
+def extract_tagged(text: str, tag: str) -> str | None:
+    """The text between the first [TAG] and the [/TAG] after it, or None when either is missing."""
+    start = text.find(f"[{tag}]")
+    if start < 0:
+        return None
+    start += len(tag) + 2
+    end = text.find(f"[/{tag}]", start)
+    return None if end < 0 else text[start:end].strip("\n")
+
+
+def tagged_program(text: str) -> str | None:
+    """The program of a [PYTHON] ... [/PYTHON] answer, when there is one and it parses as Python."""
+    code = extract_tagged(text, "PYTHON")
+    if code is None or not code.strip():
+        return None
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError):
+        return None
+    return code + "\n"
+
+
+_TEST_HEADER = re.compile(r"^\s*#\s*Test case\s*\d+\s*:?.*$", re.M | re.I)
+
+
+def parse_tests(text: str) -> list[str]:
+    """Unit tests of a [TESTS] block: the code under each "# Test case n:" comment (or, without such
+    comments, each top-level statement), kept when it parses and contains an assert."""
+    block = extract_tagged(text, "TESTS")
+    if block is None:
+        return []
+    pieces = [p for p in _TEST_HEADER.split(block)]
+    if len(pieces) == 1:  # no headers: one test per statement
+        try:
+            tree = ast.parse(block)
+        except SyntaxError:
+            return []
+        pieces = [ast.get_source_segment(block, node) or "" for node in tree.body]
+    tests = []
+    for piece in pieces:
+        piece = piece.strip("\n")
+        if not piece.strip():
+            continue
+        try:
+            tree = ast.parse(piece)
+        except SyntaxError:
+            continue
+        if any(isinstance(node, ast.Assert) for node in ast.walk(tree)):
+            tests.append(piece + "\n")
+    return tests
+
+
+# ----------------------------------------------------------------------------- one dialog
+def dialog_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:
+    """(ids, mask) of a finished dialog; mask[i] is True when ids[i] is an assistant token (or the EOS
+    that ends an answer), i.e. a position whose prediction is trained."""
+    if tokenizer.step_id is not None:
+        raise ChatFormatError("instruct training lays dialogs out in the [INST] format; this tokenizer has "
+                              "<step> (the 70B 'Source:' layout), which codelm does not train")
+    check_dialog(messages)
+    msgs = [dict(m) for m in messages]
+    if msgs[0]["role"] == "system":
+        if len(msgs) < 2:
+            raise ChatFormatError("a system message must be followed by a user message")
+        msgs = [{"role": "user", "content": B_SYS + msgs[0]["content"] + E_SYS + msgs[1]["content"]}] + msgs[2:]
+    for i, m in enumerate(msgs):
+        if m["role"] != ("user" if i % 2 == 0 else "assistant"):
+            raise ChatFormatError(f"roles must alternate user/assistant (system optional first); turn {i} is "
+                                  f"{m['role']}")
+    if msgs[-1]["role"] != "assistant":
+        raise ChatFormatError("a training dialog must end with the assistant's answer")
+    ids: list[int] = []
+    mask: list[bool] = []
+    for user, answer in zip(msgs[0::2], msgs[1::2]):
+        prompt = f"{B_INST} {user['content'].strip()} {E_INST}"
+        full = tokenizer.encode(f"{prompt} {answer['content'].strip()} ", bos=True, eos=True)
+        head = tokenizer.encode(prompt, bos=True)
+        # The prompt's tokens usually begin the exchange's tokens; where a merge crosses the seam,
+        # the answer starts at the first token that differs.
+        n = 0
+        while n < min(len(head), len(full) - 1) and head[n] == full[n]:
+            n += 1
+        ids += full
+        mask += [False] * n + [True] * (len(full) - n)
+    return ids, mask
+
+
+def read_dialogs(path: str | Path):
+    """Yield (line number, messages) from a JSONL file of {"messages": [...]}; bad lines are errors."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        for no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{no}: not valid JSON ({e})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
+                raise DataError(f"{path}:{no}: expected an object with a 'messages' list")
+            yield no, rec["messages"]
+
+
+# ----------------------------------------------------------------------------- packing
+class DialogPacker:
+    """Places whole dialogs into rows of `row_len` tokens, in order; pads a row a dialog does not fit."""
+
+    def __init__(self, row_len: int, pad_id: int):
+        self.row_len, self.pad_id = row_len, pad_id
+        self.ids: list[int] = []
+        self.mask: list[bool] = []
+        self.pad_tokens = 0
+
+    def _pad_row(self) -> None:
+        gap = -len(self.ids) % self.row_len
+        self.ids += [self.pad_id] * gap
+        self.mask += [False] * gap
+        self.pad_tokens += gap
+
+    def add(self, ids: list[int], mask: list[bool]) -> bool:
+        """False (and nothing placed) when the dialog is longer than a row."""
+        if len(ids) > self.row_len:
+            return False
+        if len(ids) > self.row_len - len(self.ids) % self.row_len and len(self.ids) % self.row_len:
+            self._pad_row()
+        self.ids += ids
+        self.mask += mask
+        return True
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        self._pad_row()
+        return np.asarray(self.ids, dtype=np.int64), np.asarray(self.mask, dtype=np.uint8)
+
+
+@dataclass
+class InstructFileMeta:
+    format: int
+    seq_len: int
+    dtype: str
+    vocab_size: int
+    tokenizer: str
+    settings: dict
+    dialogs: int = 0
+    too_long: int = 0  # dialogs longer than a row: left out
+    n_sequences: int = 0
+    target_tokens: int = 0  # tokens with loss
+    pad_tokens: int = 0
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def build_instruct_file(source: str | Path, tokenizer, path: str | Path, seq_len: int,
+                        settings: dict | None = None) -> InstructFileMeta:
+    """Tokenize and pack the dialogs of a JSONL file into an instruct token file (reused when current)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    dtype = token_dtype(tokenizer.vocab_size)
+    want = InstructFileMeta(FORMAT, seq_len, np.dtype(dtype).name, tokenizer.vocab_size,
+                            tokenizer_fingerprint(tokenizer), {"pad_id": pad_id, **(settings or {})})
+    meta_path, mask_path = path.with_suffix(".json"), path.with_suffix(".mask.bin")
+    if meta_path.exists() and path.exists() and mask_path.exists():
+        have = InstructFileMeta(**json.loads(meta_path.read_text()))
+        key = lambda m: (m.format, m.seq_len, m.dtype, m.vocab_size, m.tokenizer, m.settings)  # noqa: E731
+        if key(have) == key(want):
+            return have
+    packer = DialogPacker(seq_len + 1, pad_id)
+    meta = want
+    for no, messages in read_dialogs(source):
+        try:
+            ids, mask = dialog_tokens(tokenizer, messages)
+        except ChatFormatError as e:
+            raise DataError(f"{source}:{no}: {e}") from None
+        if packer.add(ids, mask):
+            meta.dialogs += 1
+            meta.target_tokens += sum(mask)
+        else:
+            meta.too_long += 1
+    ids, mask = packer.finish()
+    if meta.dialogs == 0:
+        raise DataError(f"{source}: no dialog fits a row of {seq_len + 1} tokens ({meta.too_long} too long)")
+    meta.n_sequences = len(ids) // (seq_len + 1)
+    meta.pad_tokens = packer.pad_tokens
+    _write_atomic(path, ids.astype(dtype).tobytes())
+    _write_atomic(mask_path, mask.tobytes())
+    _write_atomic(meta_path, json.dumps(asdict(meta), indent=1).encode())
+    return meta
+
+
+class InstructFile:
+    """An instruct token file opened as memory maps; rows are read on demand."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.meta = InstructFileMeta(**json.loads(self.path.with_suffix(".json").read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise DataError(f"{self.path.with_suffix('.json')}: not a readable instruct file description ({e})") \
+                from None
+        self.seq_len = self.meta.seq_len
+        self.pad_id = self.meta.settings.get("pad_id")
+        self.tokens = np.memmap(self.path, dtype=np.dtype(self.meta.dtype), mode="r")
+        self.mask = np.memmap(self.path.with_suffix(".mask.bin"), dtype=np.uint8, mode="r")
+        row = self.seq_len + 1
+        if self.tokens.size != self.meta.n_sequences * row or self.mask.size != self.tokens.size:
+            raise DataError(f"{self.path}: size does not match its description; delete it to rebuild")
+        self.n_sequences = self.meta.n_sequences
+
+    def __len__(self) -> int:
+        return self.n_sequences
+
+    def sequence(self, k: int) -> np.ndarray:
+        if not 0 <= k < self.n_sequences:
+            raise IndexError(f"sequence {k} of {self.n_sequences}")
+        row = self.seq_len + 1
+        return np.asarray(self.tokens[k * row:(k + 1) * row], dtype=np.int64)
+
+    def targets(self, k: int) -> np.ndarray:
+        """The L targets of row k, IGNORE_INDEX where no loss is taken."""
+        row = self.seq_len + 1
+        seq = self.sequence(k)
+        keep = np.asarray(self.mask[k * row:(k + 1) * row], dtype=bool)[1:]
+        return np.where(keep, seq[1:], IGNORE_INDEX)
+
+
+def batch_of(f, indices: list[int]):
+    """(inputs, targets) for rows of a token file or an instruct file (assistant-only targets there)."""
+    import torch
+
+    x, y = make_batch([f.sequence(k) for k in indices], f.pad_id)
+    if isinstance(f, InstructFile):
+        # Targets come from the mask alone: an EOS ending an answer is trained even when pad == EOS.
+        y = torch.from_numpy(np.stack([f.targets(k) for k in indices]))
+    return x, y
+
+
+class MaskedMixedStream(MixedStream):
+    """MixedStream whose instruct sources give assistant-only targets."""
+
+    def fetch(self, picks):
+        import torch
+
+        x, y = super().fetch(picks)
+        for r, (s, k) in enumerate(picks):
+            if isinstance(self.files[s], InstructFile):
+                y[r] = torch.from_numpy(self.files[s].targets(k))
+        return x, y
+
