@@ -1,7 +1,9 @@
 """Training throughput: codelm's training step against transformers' LlamaForCausalLM.
 
-Same config, same initial weights, same batch (8 x 256 by default), same loss (summed token
-cross-entropy over the mean), AdamW, gradient clipping; fp32 on CPU. The two are timed in the
+Same config, same initial weights, same batch (8 x 256 by default), same loss (token
+cross-entropy, mean over the batch), AdamW, gradient clipping 1.0; fp32 on CPU. Each side as
+its users run it: codelm's `train_step` (its in-place cross-entropy, fused AdamW) and
+transformers' forward with F.cross_entropy (what its own loss calls) and torch's AdamW defaults. The two are timed in the
 same process, alternating step by step, and the medians are compared (the machines are shared
 and noisy, so ratios are what to read). Model FLOPs utilisation uses the PaLM count,
 6 * (parameters without the embedding table) + 12 * layers * dim * seq_len per token. Its
@@ -24,6 +26,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,7 +34,7 @@ from codelm.model.checkpoint import to_hf_state_dict  # noqa: E402
 from codelm.model.config import ModelConfig  # noqa: E402
 from codelm.model.llama import Transformer  # noqa: E402
 from codelm.train.distributed import DistInfo  # noqa: E402
-from codelm.train.loop import _cross_entropy_sum, make_optimizer, train_step  # noqa: E402
+from codelm.train.loop import make_optimizer, train_step  # noqa: E402
 from codelm.train.recipe import TrainSection  # noqa: E402
 
 SIZES = {
@@ -86,9 +89,10 @@ def hf_twin(model: Transformer):
 
 
 def hf_step(hf, optimizer, x, y, autocast, grad_clip):
+    """A transformers training step as its own loss does it: fp32 logits, F.cross_entropy."""
     with autocast:
         logits = hf(input_ids=x).logits
-    loss = _cross_entropy_sum(logits, y)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
     n = float((y >= 0).sum())
     (loss / n).backward()
     torch.nn.utils.clip_grad_norm_(hf.parameters(), grad_clip)
@@ -146,9 +150,13 @@ def bench_size(name, args, device, peak) -> dict:
     out = {"size": name, "params": cfg.num_params(), "first_loss": {"codelm": l_ours, "transformers": l_theirs}}
     for label, ts in times.items():
         med = statistics.median(ts)
+        best = min(ts)
         out[label] = {"median_step_s": med, "tokens_per_s": tokens / med, "mfu": statistics.median(mfus[label]),
-                      "mfu_vs_best_peak": tokens / med * fpt / peak, "steps": [round(v, 4) for v in ts]}
+                      "best_step_s": best, "best_tokens_per_s": tokens / best, "best_mfu": max(mfus[label]),
+                      "mfu_vs_best_peak": tokens / best * fpt / peak, "steps": [round(v, 4) for v in ts]}
     out["speedup"] = out["codelm"]["tokens_per_s"] / out["transformers"]["tokens_per_s"]
+    # Other processes only ever add time, so the fastest step of each is the least disturbed.
+    out["speedup_best"] = out["codelm"]["best_tokens_per_s"] / out["transformers"]["best_tokens_per_s"]
     if args.profile:
         out["profile"] = profile(run_ours, run_theirs)
     del ours, theirs, opt_ours, opt_theirs
@@ -198,6 +206,8 @@ def main(argv=None) -> int:
         print(f"{name:>5} ({r['params'] / 1e6:.1f}M): codelm {c['tokens_per_s']:8.0f} tok/s (MFU {c['mfu']:.0%}), "
               f"transformers {h['tokens_per_s']:8.0f} tok/s (MFU {h['mfu']:.0%}); ratio {r['speedup']:.2f}x; "
               f"first loss {r['first_loss']['codelm']:.4f} vs {r['first_loss']['transformers']:.4f}")
+        print(f"       fastest steps: codelm {c['best_tokens_per_s']:.0f} tok/s (MFU {c['best_mfu']:.0%}), transformers "
+              f"{h['best_tokens_per_s']:.0f} tok/s (MFU {h['best_mfu']:.0%}); ratio {r['speedup_best']:.2f}x")
         print(f"       step times (s): codelm {c['steps']}, transformers {h['steps']}")
         for label, rows in r.get("profile", {}).items():
             print(f"  {label}: top operators (self time ms, %)")

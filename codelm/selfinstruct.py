@@ -395,11 +395,19 @@ def stage_execute(cfg: SelfInstructConfig, out: Path, tests: list[dict], solutio
     return rows, stats
 
 
+# The user turn of a training dialog: the solution prompt's instruction (Fig. 12) without its worked
+# example. Measured on the demo model: with it, tuning made 85% of zero-shot MBPP answers properly
+# tagged; with the bare question as the user turn, 0% (the model wrote the program and the closing
+# tag but dropped the opening one on MBPP's prompt, which names the tags).
+DIALOG_INSTRUCTION = ("Your task is to write a Python function to solve a programming problem.\n"
+                      "The Python code must be between [PYTHON] and [/PYTHON] tags.")
+
+
 def to_dialog(triplet: dict) -> dict:
-    """A kept triplet as an instruct dialog: the question and its visible test from the user, the
-    solution in [PYTHON] tags from the assistant (the format the zero-shot MBPP prompt asks for)."""
-    test = triplet["tests"][triplet["shown_test"]].strip() if triplet["tests"] else ""
-    user = triplet["question"] + (f"\nTest: {test}" if test else "")
+    """A kept triplet as an instruct dialog: the solution instruction, the question and the test the
+    solver saw from the user; the solution in [PYTHON] tags from the assistant."""
+    test = triplet["tests"][triplet["shown_test"]].strip()
+    user = f"{DIALOG_INSTRUCTION}\nProblem: {triplet['question']}\nTest: {test}"
     answer = f"[PYTHON]\n{triplet['solution'].rstrip()}\n[/PYTHON]"
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
 

@@ -169,3 +169,17 @@ def test_stream_epochs_mixing_and_resume(tmp_path, tok):
     s2.load_state_dict(state)
     assert s1.draw(300) == s2.draw(300) == picks[123:423]
     assert MixedStream([a, b], [3.0, 1.0], seed=6).draw(50) != picks[:50]
+
+
+def test_eos_padding_keeps_each_documents_eos_as_a_target():
+    # Llama's SentencePiece has no pad token: packing pads with EOS (2). The document's own EOS
+    # (after a real token) must stay a target; only EOS after EOS is padding.
+    import numpy as np
+
+    from codelm.data.packing import IGNORE_INDEX, make_batch
+
+    row = np.array([1, 50, 51, 2, 2, 2, 1, 60])
+    x, y = make_batch([row], pad_id=2, pad_is_eos=True)
+    assert y.tolist() == [[50, 51, 2, IGNORE_INDEX, IGNORE_INDEX, 1, 60]]
+    x, y = make_batch([np.array([1, 50, 3, 3, 1])], pad_id=3)  # a real pad token: every pad target ignored
+    assert y.tolist() == [[50, IGNORE_INDEX, IGNORE_INDEX, 1]]

@@ -153,6 +153,9 @@ def test_pipeline_end_to_end(tmp_path):
     # Dialogs for instruct training, and the counts.
     dialogs = _read(out / "dialogs.jsonl")
     assert len(dialogs) == 4 and dialogs[0]["messages"][1]["content"].startswith("[PYTHON]\n")
+    first = kept[dialogs[0]["messages"][0]["content"].split("Problem: ")[1].split("\n")[0]]
+    assert dialogs[0]["messages"][0]["content"].endswith(f"Test: {first['tests'][first['shown_test']].strip()}")
+    assert dialogs[0]["messages"][1]["content"] == f"[PYTHON]\n{first['solution'].rstrip()}\n[/PYTHON]"
     ex = summary["execution"]
     assert ex["kept"] == 4 and ex["untagged"] == 1 and ex["timed_out"] == 3
     assert summary["yield"]["kept"] == 4 and summary["yield"]["questions"] == 6

@@ -206,7 +206,7 @@ def build_token_file(texts: Iterable[str], tokenizer, path: str | Path, seq_len:
     want = TokenFileMeta(FORMAT, seq_len, np.dtype(dtype).name, tokenizer.vocab_size,
                          tokenizer_fingerprint(tokenizer),
                          {"fim": asdict(fim) if fim else None, "max_document_chars": max_document_chars,
-                          "pad_id": pad_id, **(settings or {})})
+                          "pad_id": pad_id, "pad_is_eos": tokenizer.pad_id is None, **(settings or {})})
     meta_path = _meta_path(path)
     if meta_path.exists() and path.exists():
         have = read_meta(path)
@@ -300,6 +300,7 @@ class TokenFile:
             raise DataError(f"{self.path}: token file is incomplete (its build was interrupted)")
         self.seq_len = self.meta.seq_len
         self.pad_id = self.meta.settings.get("pad_id")
+        self.pad_is_eos = bool(self.meta.settings.get("pad_is_eos", False))
         self.tokens = np.memmap(self.path, dtype=np.dtype(self.meta.dtype), mode="r")
         if self.tokens.size != self.meta.n_tokens:
             raise DataError(f"{self.path}: holds {self.tokens.size} tokens, its description says "
@@ -317,15 +318,19 @@ class TokenFile:
         return np.asarray(self.tokens[k * L: k * L + L + 1], dtype=np.int64)
 
 
-def make_batch(rows: list[np.ndarray], pad_id: int | None):
-    """(inputs, targets) int64 tensors [B, L]; padding targets are IGNORE_INDEX."""
+def make_batch(rows: list[np.ndarray], pad_id: int | None, pad_is_eos: bool = False):
+    """(inputs, targets) int64 tensors [B, L]; padding targets are IGNORE_INDEX.
+
+    A tokenizer without a pad token (Llama's SentencePiece) pads with EOS; then only an EOS that
+    follows an EOS is padding, so every document's own EOS is still a target."""
     import torch
 
     arr = np.stack(rows)
     x = torch.from_numpy(arr[:, :-1].copy())
     y = torch.from_numpy(arr[:, 1:].copy())
     if pad_id is not None:
-        y[y == pad_id] = IGNORE_INDEX
+        padding = (y == pad_id) & (x == pad_id) if pad_is_eos else (y == pad_id)
+        y[padding] = IGNORE_INDEX
     return x, y
 
 
@@ -382,7 +387,7 @@ class MixedStream:
 
     def fetch(self, picks: list[tuple[int, int]]):
         rows = [self.files[s].sequence(k) for s, k in picks]
-        return make_batch(rows, self.files[0].pad_id)
+        return make_batch(rows, self.files[0].pad_id, getattr(self.files[0], "pad_is_eos", False))
 
     def epochs(self) -> list[float]:
         return [c / f.n_sequences for c, f in zip(self.position.per_source, self.files)]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -371,8 +370,6 @@ def _load_model(path: Path, inference: dict | None):
 # ------------------------------------------------------------------ the lab
 def run_lab(s: LabSettings) -> dict:
     """Train, fine-tune and evaluate every method for every seed; write the table, plots and notes."""
-    from codelm.model.config import ModelConfig  # noqa: F401  (import early: errors surface before training)
-
     if s.seeds < 1:
         raise ConfigError(f"lab: --seeds must be at least 1, got {s.seeds}")
     if s.lcft_factor < 2:

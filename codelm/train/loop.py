@@ -403,41 +403,50 @@ class TrainResult:
 
 
 class _SumCrossEntropy(torch.autograd.Function):
-    """Summed token cross-entropy over fp32 logits [N, V], IGNORE_INDEX targets skipped.
+    """Summed token cross-entropy over fp32 logits [..., V], IGNORE_INDEX targets skipped.
 
-    Same value and gradient as F.cross_entropy(reduction="sum") with fewer passes over the
-    [N, V] tensors, which dominate memory traffic for a 32k vocabulary: backward turns the saved
-    log-probabilities into the gradient in place (softmax minus one-hot, scaled), where the
-    library writes a zero-filled one-hot gradient and then a third tensor for the result.
-    Measured on 2,048 x 32,016 logits here: 0.36 s against 0.63 s for forward + backward.
+    Same value and gradient as F.cross_entropy(reduction="sum"), with fewer passes over the
+    [tokens, V] tensors, which dominate memory traffic with a 32k vocabulary. The logits are
+    overwritten with their log-softmax (nothing else needs them: the output projection's
+    backward keeps its inputs, not its output) and backward turns that, in place again, into
+    the gradient (softmax minus one-hot, scaled). The library allocates a log-softmax copy, a
+    zero-filled one-hot gradient and a third tensor for the result; on 2,048 x 32,016 logits
+    here, projection + loss forward and backward take 0.49 s against 0.71 s.
     """
 
     @staticmethod
     def forward(ctx, logits, targets):
-        valid = targets != IGNORE_INDEX
-        safe = torch.where(valid, targets, 0)
-        logp = torch.log_softmax(logits, dim=-1)
-        picked = logp.gather(1, safe[:, None]).squeeze(1)
-        ctx.save_for_backward(logp, safe, valid)
-        return -(picked * valid).sum()
+        ctx.set_materialize_grads(False)
+        flat = logits.view(-1, logits.shape[-1])
+        t = targets.reshape(-1)
+        valid = t != IGNORE_INDEX
+        safe = torch.where(valid, t, 0)
+        torch._log_softmax(flat, -1, False, out=flat)
+        picked = flat.gather(1, safe[:, None]).squeeze(1)
+        ctx.mark_dirty(logits)
+        ctx.save_for_backward(logits, safe, valid)
+        return -(picked * valid).sum(), logits
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, _grad_logp):
         logp, safe, valid = ctx.saved_tensors
-        grad = logp.exp_()
+        grad = logp.view(-1, logp.shape[-1]).exp_()
         grad.scatter_add_(1, safe[:, None], torch.full_like(safe[:, None], -1, dtype=grad.dtype))
         if bool(valid.all()):
             grad.mul_(grad_out)
         else:
             grad.mul_((valid.to(grad.dtype) * grad_out)[:, None])
-        return grad, None
+        return logp, None
 
 
 def _cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    flat, t = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-    if flat.dtype == torch.float32 and flat.requires_grad:
-        return _SumCrossEntropy.apply(flat, t)
-    return F.cross_entropy(flat.float(), t, ignore_index=IGNORE_INDEX, reduction="sum")
+    """Summed token loss. In training (fp32 logits that are no view) the logits are consumed:
+    they hold log-probabilities afterwards."""
+    if (logits.dtype == torch.float32 and logits.requires_grad and logits._base is None
+            and logits.is_contiguous() and torch.is_grad_enabled()):
+        return _SumCrossEntropy.apply(logits, targets)[0]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def train_step(model, optimizer, batches, n_targets: float, info: D.DistInfo, autocast, grad_clip: float,
