@@ -98,6 +98,7 @@ class ModelService:
         self.limits = limits or ServeLimits()
         self.max_len = model.config.max_seq_len
         self.lock = threading.Lock()
+        self.closed = False
         self.created = int(time.time())
 
     def check_model(self, body: dict) -> None:
@@ -190,8 +191,20 @@ class ModelService:
         tok = self.tokenizer
         pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
         with self.lock:
+            if self.closed:
+                raise ApiError(503, "the server is shutting down", code="server_shutting_down", kind="server_error")
             return generate(self.model, prompts, params, stop_ids=stop_ids, decode=decode, pad_id=pad,
                             on_text=on_text)
+
+    def close(self) -> None:
+        """Refuse new generations and wait for the one in flight.
+
+        Handler threads are daemons (an idle keep-alive connection must not block shutdown), and a
+        daemon thread still inside a torch op when the interpreter finalizes aborts the process
+        (pytorch#38228: pthread_exit unwinding through a C++ destructor calls std::terminate)."""
+        self.closed = True
+        with self.lock:
+            pass
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -426,6 +439,10 @@ class CodelmHTTPServer(ThreadingHTTPServer):
     def __init__(self, address, service: ModelService, quiet: bool = False):
         super().__init__(address, Handler)
         self.service, self.quiet = service, quiet
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.service.close()
 
 
 def start_server(model, tokenizer, name: str, host: str = "127.0.0.1", port: int = 0, quiet: bool = True,

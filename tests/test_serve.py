@@ -208,3 +208,33 @@ def test_serve_cli_end_to_end(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_close_waits_for_the_generation_in_flight_and_refuses_new_ones():
+    """No handler thread may still be inside torch when the server is closed (pytorch#38228)."""
+    import threading
+
+    from codelm.serve import ApiError, ModelService
+
+    tok = make_tiny_bpe()
+    service = ModelService(tiny_model(tok.vocab_size), tok, NAME)
+    params = SamplingParams(max_new_tokens=40, temperature=0.0)
+    started, finished = threading.Event(), []
+
+    def on_text(*_):
+        started.set()
+
+    def work():
+        service.run([[1, 2, 3]], params, set(), tok.decode, on_text=on_text)
+        finished.append(True)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    assert started.wait(30)
+    service.close()  # returns only once the generation above has left the model
+    assert not service.lock.locked()
+    t.join(30)
+    assert finished == [True]
+    with pytest.raises(ApiError) as e:
+        service.run([[1, 2, 3]], params, set(), tok.decode)
+    assert e.value.status == 503
