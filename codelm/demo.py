@@ -6,7 +6,10 @@
 3. training: recipes/demo.toml, the paper's recipe at miniature scale (FIM on 90% of
    documents, half PSM half SPM, AdamW 0.9/0.95, cosine to 1/30 with warm-up);
 4. results: held-out loss, a completion, an infilling, single-line infilling accuracy on
-   held-out files, and OUT/report.md with the loss curve OUT/loss.png.
+   held-out files, and OUT/report.md with the loss curve OUT/loss.png;
+5. long context: a short long-context fine-tune (recipes/lcft-demo.toml: RoPE θ 1e4 -> 1e6, four
+   times the context, 2% of the training tokens) and OUT/ppl_by_length.png, the held-out
+   perplexity by context length before and after it.
 
 Every stage is resumable: run it again after an interruption and it continues. `--quick`
 does the same on a sliver of the standard library in well under a minute (for tests).
@@ -27,9 +30,10 @@ INFILL_PREFIX = "class Point:\n    def __init__(self, x, y):\n        self.x = x
 INFILL_SUFFIX = "\n\n    def __repr__(self):\n        return f'Point({self.x}, {self.y})'\n"
 INFILL_EXPECTED = "        self.y = y"
 
-# Training time the full demo plans for (the rest, corpus to report, takes about two minutes),
+# Training time the full demo plans for (the rest, corpus to report and the long-context step,
+# takes about three minutes),
 # and the range of step counts it may choose from: `make demo` must end within 15 minutes.
-TRAIN_BUDGET_S = 8 * 60
+TRAIN_BUDGET_S = 7 * 60
 STEP_BOUNDS = (300, 3000)
 # Leave out the test suites (odd code on purpose) and the packages' vendored test data.
 DEMO_EXCLUDE = ["test/*", "*/test/*", "*/tests/*", "idlelib/idle_test/*", "lib2to3/tests/*"]
@@ -172,6 +176,22 @@ def plot_losses(metrics: list[dict], path: Path, title: str) -> None:
     tmp.replace(path)
 
 
+def lcft_section(lcft: dict) -> list[str]:
+    L, ppl = lcft["trained_length"], lcft["perplexity"]
+    lengths = list(ppl["before"])
+    head = "| | " + " | ".join(f"{int(n) / L:g} L ({n})" for n in lengths) + " |"
+    rows = [f"| {key} LCFT | " + " | ".join(f"{ppl[key][n]:.2f}" for n in lengths) + " |" for key in ("before", "after")]
+    return ["## Long context", "",
+            f"The trained model (context {L}, RoPE θ = 1e4) then fine-tuned {lcft['steps']} steps "
+            f"({lcft['tokens']:,} tokens) at {lcft['lcft_length']} tokens with θ = 1e6, as Code Llama's "
+            "long-context stage does (recipes/lcft-demo.toml). Held-out perplexity by context length:", "",
+            head, "|---|" + "---|" * len(lengths), *rows, "",
+            "![perplexity by context length](ppl_by_length.png)", "",
+            "Past its training length the model meets rotation angles it never saw and its perplexity climbs; "
+            "after the fine-tune with the raised base period it holds (`codelm lab length` runs the full "
+            "comparison with position interpolation and ALiBi).", ""]
+
+
 def _fence(text: str) -> str:
     return "```python\n" + text.replace("```", "` ` `") + ("" if text.endswith("\n") else "\n") + "```"
 
@@ -179,6 +199,7 @@ def _fence(text: str) -> str:
 def demo_main(args) -> int:
     from codelm.data.packing import read_meta
     from codelm.generate import complete, infill
+    from codelm.lab.length import demo_lcft_step
     from codelm.model.checkpoint import load
     from codelm.train.loop import read_metrics, train
     from codelm.train.recipe import load_recipe
@@ -187,7 +208,7 @@ def demo_main(args) -> int:
     quick = bool(getattr(args, "quick", False))
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    print(f"demo: 1/4 corpus from the Python standard library{' (quick: a few packages)' if quick else ''}")
+    print(f"demo: 1/5 corpus from the Python standard library{' (quick: a few packages)' if quick else ''}")
     corpus = build_demo_corpus(out, quick, show_progress=True)
     t_corpus = time.time() - t_start
 
@@ -198,13 +219,13 @@ def demo_main(args) -> int:
         # As many steps as fit TRAIN_BUDGET_S here (the schedule needs the count up front).
         steps = planned_steps(out, recipe, TRAIN_BUDGET_S, STEP_BOUNDS)
         recipe = load_recipe(recipe_path, overrides + [f"train.max_steps={steps}"])
-    print(f"demo: 2/4 tokenizer, 3/4 training ({recipe_path.name}: {recipe.train.max_steps} steps of "
+    print(f"demo: 2/5 tokenizer, 3/5 training ({recipe_path.name}: {recipe.train.max_steps} steps of "
           f"{recipe.train.batch_tokens} tokens)")
     t0 = time.time()
     result = train(recipe, resume=True)
     t_train = time.time() - t0
 
-    print("demo: 4/4 results")
+    print("demo: 4/5 results")
     loaded = load(result.final_dir)
     model, tok = loaded.model, loaded.tokenizer
     metrics = read_metrics(result.run_dir / "metrics.jsonl")
@@ -217,18 +238,24 @@ def demo_main(args) -> int:
     acc_psm = infilling_accuracy(model, tok, cases, spm=False)
     acc_spm = infilling_accuracy(model, tok, cases, spm=True)
 
+    print("demo: 5/5 long-context fine-tuning (θ 1e4 -> 1e6, 4x the context) and perplexity by length")
+    t0 = time.time()
+    lcft = demo_lcft_step(result.final_dir, Path(recipe.data.sources[0].path), out, quick=quick)
+    t_lcft = time.time() - t0
+
     train_meta = read_meta(result.run_dir / "data" / "stdlib.train.bin")
     first = next((m["loss"] for m in metrics if "loss" in m), float("nan"))
     seconds = time.time() - t_start
     summary = {
         "quick": quick, "seconds": round(seconds, 1), "corpus_seconds": round(t_corpus, 1),
-        "train_seconds": round(t_train, 1), "parameters": model.num_params(), "vocab_size": tok.vocab_size,
+        "train_seconds": round(t_train, 1), "lcft_seconds": round(t_lcft, 1), "parameters": model.num_params(), "vocab_size": tok.vocab_size,
         "steps": result.steps, "tokens": result.tokens, "first_train_loss": first,
         "final_train_loss": result.train_loss, "held_out_loss": result.valid_loss,
         "held_out_bits_per_token": (result.valid_loss or float("nan")) / math.log(2),
         "fim_documents": train_meta.kinds, "completion": completion,
         "infill_psm": middle_psm, "infill_spm": middle_spm,
         "single_line_infilling": {"cases": len(cases), "psm_exact": acc_psm, "spm_exact": acc_spm},
+        "lcft": lcft,
         "corpus": {"files": corpus.files_kept, "bytes": corpus.bytes_kept, "near_duplicates": corpus.near_duplicates,
                    "exact_duplicates": corpus.exact_duplicates, "contaminated": len(corpus.contaminated)},
     }
@@ -242,6 +269,12 @@ def demo_main(args) -> int:
     print(f"\ninfilling between:\n{INFILL_PREFIX}<FILL>{INFILL_SUFFIX}---\nPSM: {middle_psm!r}\nSPM: {middle_spm!r}\n"
           f"(the line that belongs there: {INFILL_EXPECTED!r})")
     print(f"\nsingle-line infilling on {len(cases)} held-out lines: PSM {acc_psm:.0%}, SPM {acc_spm:.0%} exact")
+    ppl = lcft["perplexity"]
+    L = lcft["trained_length"]
+    print(f"\nperplexity by context length (trained at {L} tokens; LCFT at {lcft['lcft_length']}):")
+    for key in ("before", "after"):
+        print(f"  {key:>6} LCFT: " + "  ".join(f"{int(n) // L if int(n) >= L else f'1/{L // int(n)}'}L {v:.2f}"
+                                              for n, v in ppl[key].items()))
     print(f"\ndemo: done in {seconds / 60:.1f} min; report in {out / 'report.md'}, curve in {out / 'loss.png'}")
     return 0
 
@@ -257,7 +290,8 @@ def demo_report(s: dict, recipe, config) -> str:
     lines = [
         "# Miniature Code Llama" + (" (quick run)" if s["quick"] else ""), "",
         f"Built and trained end to end on this machine's CPU in {s['seconds'] / 60:.1f} minutes "
-        f"(corpus {s['corpus_seconds']:.0f} s, tokenizer + data + training {s['train_seconds']:.0f} s).", "",
+        f"(corpus {s['corpus_seconds']:.0f} s, tokenizer + data + training {s['train_seconds']:.0f} s, "
+        f"long-context step {s['lcft_seconds']:.0f} s).", "",
         "## Recipe", "",
         "| | this run | Code Llama 7B (paper) |", "|---|---|---|",
         f"| data | Python standard library: {c['files']} files, {c['bytes'] / 1e6:.1f} MB "
@@ -290,6 +324,7 @@ def demo_report(s: dict, recipe, config) -> str:
         f"(the line that belongs there: `{INFILL_EXPECTED!r}`).", "",
         f"Single-line infilling on {sl['cases']} lines of held-out files (exact match of the line, greedy): "
         f"**PSM {sl['psm_exact']:.0%}**, SPM {sl['spm_exact']:.0%}.", "",
+        *lcft_section(s["lcft"]),
         "## Reproduce", "",
         "```", "make demo                         # or: codelm demo --out demo-out",
         "codelm complete --model demo-out/run/final 'def read_lines(path):'",

@@ -28,9 +28,16 @@ def test_quick_demo_runs_end_to_end_and_writes_its_report(tmp_path, data_dir, ca
         assert heading in report
     assert "![loss curve](loss.png)" in report
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lcft = s["lcft"]
+    assert lcft["lcft_length"] == 2 * lcft["trained_length"]
+    for key in ("before", "after"):
+        assert all(math.isfinite(v) and v > 1 for v in lcft["perplexity"][key].values())
+    assert "## Long context" in report and "![perplexity by context length](ppl_by_length.png)" in report
+    assert (out / "ppl_by_length.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "corpus-quick" / "report.md").exists()
     assert (out / "run-quick" / "final" / "model.safetensors").exists()
     # Running it again continues from what is there (nothing to redo) and gives the same numbers.
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     again = json.loads((out / "summary.json").read_text())
     assert again["held_out_loss"] == s["held_out_loss"] and again["completion"] == s["completion"]
+    assert again["lcft"]["perplexity"] == lcft["perplexity"]

