@@ -112,10 +112,14 @@ def _run_with_stdin(preamble, code, given, time_limit):
     text = "\n".join(map(str, given)) if isinstance(given, list) else str(given)
     with open("stdin.txt", "w", encoding="utf-8") as f:
         f.write(text)
+    # Drop the previous test's stream objects now: one the program made with open(1, "w") would
+    # otherwise close fd 1 when collected, after it points at this test's output.
+    sys.stdin = sys.stdout = None
     for fd, path, flags in ((0, "stdin.txt", os.O_RDONLY), (1, "stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
         opened = os.open(path, flags, 0o600)
-        os.dup2(opened, fd)
-        os.close(opened)
+        if opened != fd:  # the program may have closed fd 0 or 1 (open(0) without closefd=False does)
+            os.dup2(opened, fd)
+            os.close(opened)
     ours = sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
     sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
     namespace = {"__name__": "__main__", "__builtins__": builtins}
