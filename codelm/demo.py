@@ -240,7 +240,8 @@ def demo_main(args) -> int:
 
     print("demo: 5/5 long-context fine-tuning (θ 1e4 -> 1e6, 4x the context) and perplexity by length")
     t0 = time.time()
-    lcft = demo_lcft_step(result.final_dir, Path(recipe.data.sources[0].path), out, quick=quick)
+    lcft = demo_lcft_step(result.final_dir, Path(recipe.data.sources[0].path), out, quick=quick,
+                          trained_length=recipe.data.seq_len)
     t_lcft = time.time() - t0
 
     train_meta = read_meta(result.run_dir / "data" / "stdlib.train.bin")

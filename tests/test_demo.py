@@ -29,7 +29,7 @@ def test_quick_demo_runs_end_to_end_and_writes_its_report(tmp_path, data_dir, ca
     assert "![loss curve](loss.png)" in report
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lcft = s["lcft"]
-    assert lcft["lcft_length"] == 2 * lcft["trained_length"]
+    assert lcft["trained_length"] == 128 and lcft["lcft_length"] == 256  # the quick demo trains at 128
     for key in ("before", "after"):
         assert all(math.isfinite(v) and v > 1 for v in lcft["perplexity"][key].values())
     assert "## Long context" in report and "![perplexity by context length](ppl_by_length.png)" in report

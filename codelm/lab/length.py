@@ -835,9 +835,10 @@ same tokens at every length. Ran in {summary.get('seconds', 0) / 60:.1f} minutes
 
 # ------------------------------------------------------------------ the demo
 def demo_lcft_step(final_dir: str | Path, corpus_dir: str | Path, out: str | Path, quick: bool = False,
-                   show_progress: bool = True) -> dict:
+                   show_progress: bool = True, trained_length: int | None = None) -> dict:
     """The demo's long-context stage: a short LCFT of the demo model (recipes/lcft-demo.toml: θ → 1e6,
     4x its length) and a perplexity-by-length plot of the model before and after (OUT/ppl_by_length.png).
+    `trained_length`: the context the model was trained at (its config's max_seq_len may be larger).
     Returns the numbers (also written to OUT/lcft.json)."""
     from codelm.model.checkpoint import load
     from codelm.train.loop import train
@@ -846,7 +847,7 @@ def demo_lcft_step(final_dir: str | Path, corpus_dir: str | Path, out: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     raw, path = _load_raw_recipe("lcft-demo.toml")
     before = load(final_dir, dtype=torch.float32)
-    L = before.config.max_seq_len
+    L = trained_length or before.config.max_seq_len
     factor = 2 if quick else 4
     changes = {"model.init_from": str(final_dir), "run.out_dir": str(out / ("lcft-quick" if quick else "lcft")),
                "data.sources": [{"path": str(corpus_dir), "name": "stdlib"}], "data.seq_len": factor * L,
