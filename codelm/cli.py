@@ -185,11 +185,12 @@ def _add_eval(sub):
     p = sub.add_parser("eval", help="generate, score and report a benchmark under the paper's protocol")
     p.add_argument("--benchmark", required=True,
                    help="humaneval, humaneval+, mbpp, mbpp+, humaneval-infilling-single-line[-spm], ..., "
-                        "multipl-e-LANG, gsm8k, gsm8k-pal")
+                        "multipl-e-LANG, gsm8k, gsm8k-pal, mbpp-instruct, apps[-introductory|-interview|-competition], "
+                        "ds1000, lcc-{python,java,csharp}[-4k]")
     p.add_argument("--model", required=True, help="checkpoint directory (native, hf) or server URL (openai)")
     p.add_argument("--backend", default="native", choices=["native", "hf", "openai"])
     p.add_argument("--n", type=int, default=1, help="samples per task (200 for the paper's pass@10/100)")
-    p.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) if n=1, else 0.8")
+    p.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) if n=1, else the protocol's (0.8; APPS 0.6)")
     p.add_argument("--top-p", type=float, default=None, help="default: 0.95 when sampling")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the benchmark protocol's")
     p.add_argument("--limit", type=int, default=None, help="only the first K tasks")

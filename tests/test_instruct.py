@@ -116,7 +116,7 @@ def test_bad_instruct_file_names_the_line(tmp_path):
     src = tmp_path / "d.jsonl"
     src.write_text(json.dumps({"messages": [{"role": "user", "content": "a"},
                                             {"role": "assistant", "content": "b"}]}) + "\n{oops\n")
-    with pytest.raises(DataError, match=r"d\.jsonl:2: not valid JSON"):
+    with pytest.raises(DataError, match=r"d\.jsonl:2: malformed JSON"):
         build_instruct_file(src, make_tiny_bpe(), tmp_path / "x.bin", 32)
     src.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}]}) + "\n")
     with pytest.raises(DataError, match=r"d\.jsonl:1: a training dialog must end with the assistant"):

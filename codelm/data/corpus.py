@@ -41,6 +41,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from codelm.jsonl import iter_jsonl
 from codelm.errors import ConfigError, DataError
 
 # ----------------------------------------------------------------- languages
@@ -623,17 +624,10 @@ def read_corpus(path: str | Path, split: str = "train") -> Iterator[dict]:
     f = p / f"{split}.jsonl" if p.is_dir() else p
     if not f.is_file():
         raise DataError(f"corpus: {f} not found (build one with `codelm corpus --out {p}`)")
-    with open(f, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{f}:{i}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                raise DataError(f"{f}:{i}: expected an object with a string \"text\" field")
-            yield rec
+    for i, rec in iter_jsonl(f):
+        if not isinstance(rec.get("text"), str):
+            raise DataError(f"{f}:{i}: expected an object with a string \"text\" field")
+        yield rec
 
 
 def corpus_texts(path: str | Path, split: str = "train") -> Iterable[str]:

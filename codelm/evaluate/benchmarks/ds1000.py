@@ -19,14 +19,13 @@ what (`skipped`): its score is not folded into pass@k.
 """
 from __future__ import annotations
 
-import gzip
 import importlib.util
-import json
 import re
 import sys
 import time
 from pathlib import Path
 
+from codelm.jsonl import iter_jsonl
 from codelm.errors import CodelmError, DataError
 from codelm.evaluate.datasets import ExternalFile, locate_external
 
@@ -53,32 +52,22 @@ def load_problems(data_dir=None) -> list[dict]:
 
 
 def read_problems(path: Path) -> list[dict]:
-    opener = gzip.open if path.name.endswith(".gz") else open
     problems, seen = [], set()
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            for key in ("prompt", "reference_code", "code_context", "metadata"):
-                if key not in row:
-                    raise DataError(f"{path}:{lineno}: missing field {key}")
-            meta = row["metadata"]
-            if not isinstance(meta, dict) or "problem_id" not in meta or "library" not in meta:
-                raise DataError(f"{path}:{lineno}: metadata must hold problem_id and library")
-            if "def test_execution" not in row["code_context"]:
-                raise DataError(f"{path}:{lineno}: code_context defines no test_execution(solution)")
-            task_id = f"DS-1000/{meta['problem_id']}"
-            if task_id in seen:
-                raise DataError(f"{path}:{lineno}: problem_id {meta['problem_id']} appears twice")
-            seen.add(task_id)
-            problems.append({"task_id": task_id, "prompt": row["prompt"], "reference_code": row["reference_code"],
-                             "code_context": row["code_context"], "library": meta["library"], "metadata": meta})
+    for lineno, row in iter_jsonl(path):
+        for key in ("prompt", "reference_code", "code_context", "metadata"):
+            if key not in row:
+                raise DataError(f"{path}:{lineno}: missing field {key}")
+        meta = row["metadata"]
+        if not isinstance(meta, dict) or "problem_id" not in meta or "library" not in meta:
+            raise DataError(f"{path}:{lineno}: metadata must hold problem_id and library")
+        if "def test_execution" not in row["code_context"]:
+            raise DataError(f"{path}:{lineno}: code_context defines no test_execution(solution)")
+        task_id = f"DS-1000/{meta['problem_id']}"
+        if task_id in seen:
+            raise DataError(f"{path}:{lineno}: problem_id {meta['problem_id']} appears twice")
+        seen.add(task_id)
+        problems.append({"task_id": task_id, "prompt": row["prompt"], "reference_code": row["reference_code"],
+                         "code_context": row["code_context"], "library": meta["library"], "metadata": meta})
     if not problems:
         raise DataError(f"{path}: no DS-1000 problems")
     return problems

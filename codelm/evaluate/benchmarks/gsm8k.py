@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from codelm.jsonl import iter_jsonl
 from codelm.errors import DataError
 
 SOURCE = ("https://raw.githubusercontent.com/openai/grade-school-math/3101c7d5072418e28b9008a6636bde82a006892c/"
@@ -176,14 +177,8 @@ def score(method: str, samples_path, out_path, data_dir=None, workers: int | Non
     problems = {p["task_id"]: p for p in load("test", data_dir)}
     samples = []
     path = Path(samples_path)
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            s = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-        if not isinstance(s, dict) or s.get("task_id") not in problems or not isinstance(s.get("completion"), str):
+    for lineno, s in iter_jsonl(path):
+        if s.get("task_id") not in problems or not isinstance(s.get("completion"), str):
             raise DataError(f"{path}:{lineno}: expected task_id (gsm8k/N) and a string completion")
         samples.append(s)
     if method == "gsm8k-pal":

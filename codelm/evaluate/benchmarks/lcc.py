@@ -23,7 +23,6 @@ counted with the model's tokenizer, as the paper does for models without long-co
 from __future__ import annotations
 
 import difflib
-import gzip
 import json
 import math
 import re
@@ -31,6 +30,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from codelm.jsonl import iter_jsonl
 from codelm.errors import CodelmError, ConfigError, DataError
 from codelm.evaluate.datasets import ExternalFile, locate_external
 
@@ -68,18 +68,7 @@ def _rows_of(path: Path) -> list[tuple[int, dict]]:
         except Exception as e:  # noqa: BLE001 - pyarrow raises its own error types for bad files
             raise DataError(f"{path}: not a readable LCC Parquet file ({e})") from None
         return list(enumerate(table.to_pylist(), 1))
-    opener = gzip.open if path.name.endswith(".gz") else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            rows.append((lineno, row))
-    return rows
+    return list(iter_jsonl(path))
 
 
 def read_problems(path: Path, language: str) -> list[dict]:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from codelm.jsonl import iter_jsonl
 from codelm.errors import CodelmError, DataError
 
 SOURCE = "https://raw.githubusercontent.com/nuprl/MultiPL-E/cf9db336f37d5ddcb50f6dbd97c67e5678ecfa96/prompts/"
@@ -199,14 +200,8 @@ def score(lang: str, samples_path, out_path, data_dir=None, workers: int | None 
 
 def read_samples(path: Path, problems: dict) -> list[dict]:
     samples = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            s = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-        if not isinstance(s, dict) or not isinstance(s.get("completion"), str):
+    for lineno, s in iter_jsonl(path):
+        if not isinstance(s.get("completion"), str):
             raise DataError(f"{path}:{lineno}: expected an object with a string field completion")
         if s.get("task_id") not in problems:
             raise DataError(f"{path}:{lineno}: unknown task_id {s.get('task_id')!r} (ids look like "
