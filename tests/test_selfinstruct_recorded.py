@@ -105,7 +105,8 @@ def test_recording_has_provenance():
     assert HEADER["codelm_commit"] and HEADER["date"]
     choice = HEADER["seed_choice"]
     assert choice["chosen"] == HEADER["settings"]["seed"] and choice["tried"][-1]["seed"] == choice["chosen"]
-    assert HEADER["settings"]["solution_temperature"] == choice["temperature"] > 0
+    assert HEADER["settings"]["solution_temperature"] == choice["solution_temperature"] > 0
+    assert HEADER["settings"]["question_temperature"] == choice["question_temperature"] > 0
     assert all(HEADER["settings"][s]["backend"] == "openai" and HEADER["settings"][s]["chat"] for s in STAGES)
     assert len(RECORDS) == HEADER["requests"] and {r["stage"] for r in RECORDS} == set(STAGES)
     assert FIXTURE.stat().st_size < 1_000_000
@@ -160,6 +161,10 @@ def test_recorded_model_run_end_to_end(tmp_path):
     assert len(rejected) >= 1 and all(v["reason"].startswith("failed: ") for v in rejected)
     code_of = {(s["id"], s["attempt"]): s["code"] for s in solutions}
     assert all(code_of[(v["id"], v["attempt"])] is not None for v in rejected)
+    # Most rejections here answer wrong tests; at least once, though, a program failed the very tests
+    # that a later attempt passed: execution told the wrong solution from the right one.
+    kept_at = {k["id"]: k["attempt"] for k in kept}
+    assert any(v["attempt"] < kept_at.get(v["id"], -1) for v in rejected)
     dialogs = _read(out / "dialogs.jsonl")
     assert [d["messages"][1]["content"] for d in dialogs] == \
         [f"[PYTHON]\n{k['solution'].rstrip()}\n[/PYTHON]" for k in kept]
