@@ -805,7 +805,8 @@ def explanation(summary: dict, table: str) -> str:
 Training length L = {L} tokens; {summary['seeds']} seed(s); {summary['pretrain_tokens']:,} pretraining tokens per
 model; each fine-tune {summary['lcft_tokens']:,} tokens at {summary['lcft_length']} ({100 * summary['lcft_share']:.1f}%
 of pretraining). Perplexity on {summary['eval_tokens']:,} tokens of {summary['eval_documents']} held-out files, the
-same tokens at every length. Ran in {summary.get('seconds', 0) / 60:.1f} minutes.
+same tokens at every length. This invocation ran {summary.get('seconds', 0) / 60:.1f} minutes; the lab's runs and
+evaluations took {summary.get('compute_s', {}).get('total', 0) / 60:.1f} minutes over all the invocations that made them.
 
 ![perplexity by context length](ppl_by_length.png)
 
