@@ -14,7 +14,7 @@ import time
 import torch
 
 from codelm.generate.sampler import SamplingParams, generate
-from codelm.model.checkpoint import load_checkpoint, save_hf
+from codelm.model.checkpoint import save_hf
 from codelm.model.config import ModelConfig
 from codelm.model.llama import Transformer
 

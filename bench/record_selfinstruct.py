@@ -36,7 +36,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -44,6 +43,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from codelm.files import write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "selfinstruct_recorded.jsonl"
@@ -167,12 +168,6 @@ def make_dialogs(n_lists: int, n_tests: int, n_solutions: int, seed: int) -> lis
 
 
 # ----------------------------------------------------------------------------- training
-def write_jsonl(path: Path, rows) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def prepare(work: Path, args) -> tuple[dict, Path]:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from codelm.data.instruct import parse_tests, tagged_program
 from codelm.errors import CodelmError, ConfigError
+from codelm.files import write_json, write_jsonl
 from codelm.generate.backends import GenerationCache, Request, generate_all, make_backend
 
 RUN_VERSION = 1
@@ -191,18 +192,10 @@ class SelfInstructConfig:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _write_jsonl(path: Path, rows) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+_write_jsonl = write_jsonl
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+_write_json = write_json
 
 
 def _qid(question: str) -> str:

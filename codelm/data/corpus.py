@@ -41,7 +41,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from codelm.jsonl import iter_jsonl
+from codelm.files import iter_jsonl
 from codelm.errors import ConfigError, DataError
 
 # ----------------------------------------------------------------- languages

@@ -32,8 +32,9 @@ from typing import Iterable
 
 import numpy as np
 
-from codelm.data.fim import LONG, PLAIN, PSM, SPM, FimSettings, encode_document, require_fim_tokens
+from codelm.data.fim import FimSettings, encode_document, require_fim_tokens
 from codelm.errors import ConfigError, DataError
+from codelm.files import write_json
 
 IGNORE_INDEX = -100
 FORMAT = 1
@@ -178,10 +179,7 @@ def _meta_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+_write_json_atomic = write_json
 
 
 def build_token_file(texts: Iterable[str], tokenizer, path: str | Path, seq_len: int,

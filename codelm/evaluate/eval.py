@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codelm.errors import CodelmError, ConfigError
+from codelm.files import write_json
 from codelm.evaluate.protocols import extract_code, get_protocol
 from codelm.generate.backends import GenerationCache, Request, generate_all, make_backend
 
@@ -80,10 +81,7 @@ def _settings(cfg: EvalConfig, protocol, dec: dict) -> dict:
             "spm": protocol.spm, **dec}
 
 
-def _write_json(path: Path, obj) -> None:
-    from codelm.evaluate.runner import atomic_write
-
-    atomic_write(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+_write_json = write_json
 
 
 def _open_run(out: Path, cfg: EvalConfig, settings: dict) -> dict:
@@ -176,7 +174,7 @@ def run_eval(cfg: EvalConfig, backend=None) -> dict:
 
     owners = [t for t in tasks for _ in range(dec["n"])]  # the task of each item, in build_requests' order
     rows = [to_sample(protocol, task, c.text, j, cfg.chat) for task, (_, j), c in zip(owners, items, completions)]
-    from codelm.evaluate.runner import atomic_write
+    from codelm.files import atomic_write
 
     samples_path = out / "samples.jsonl"
     atomic_write(samples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -194,7 +194,7 @@ def _save(fig, path: Path) -> None:
 
 def write_report(run_dir) -> dict:
     """Write report.json, report.md and passk.png (if more than one k) into a finished run folder."""
-    from codelm.evaluate.runner import atomic_write
+    from codelm.files import atomic_write
 
     run_dir = Path(run_dir)
     rep = load_run(run_dir)
@@ -226,7 +226,7 @@ def scores_of(path) -> dict[str, dict[str, float]]:
 
 def write_suite(path) -> dict:
     """suite.json, suite.md and, with MultiPL-E runs, multipl_e.png (pass@1 per language)."""
-    from codelm.evaluate.runner import atomic_write
+    from codelm.files import atomic_write
 
     path = Path(path)
     scores = scores_of(path)

@@ -20,12 +20,12 @@ import json
 import os
 import queue
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from codelm.errors import CodelmError, DataError
+from codelm.files import atomic_write
 from codelm.evaluate import passk
 from codelm.evaluate.benchmarks import load_benchmark
 from codelm.evaluate.sandbox import Limits, SandboxConfig, SandboxError, SandboxPool, describe_weakness
@@ -131,19 +131,6 @@ class Journal:
         if self.file is not None:
             self.file.close()
             self.file = None
-
-
-def atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ----------------------------------------------------------------------------- scoring

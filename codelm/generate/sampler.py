@@ -6,7 +6,7 @@ sequence split across several tokens is still caught, and the output is cut wher
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from codelm.errors import ConfigError, DataError
+from codelm.files import atomic_write, write_json
 from codelm.evaluate import longctx as lc
 
 PRETRAIN_RECIPE = "lab-length.toml"
@@ -87,17 +88,7 @@ class LabSettings:
 
 
 # ------------------------------------------------------------------ helpers
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+_write_json, _write_text = write_json, atomic_write
 
 
 def _fingerprint(obj) -> str:
@@ -842,7 +833,6 @@ def demo_lcft_step(final_dir: str | Path, corpus_dir: str | Path, out: str | Pat
     `trained_length`: the context the model was trained at (its config's max_seq_len may be larger).
     Returns the numbers (also written to OUT/lcft.json)."""
     from codelm.model.checkpoint import load
-    from codelm.train.loop import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

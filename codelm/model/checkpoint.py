@@ -9,7 +9,6 @@ Meta: params.json, consolidated.NN.pth (one per model-parallel rank), tokenizer.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil

@@ -29,7 +29,7 @@ import random
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ from codelm.data.corpus import corpus_texts
 from codelm.data.fim import FimSettings
 from codelm.data.instruct import InstructFile, MaskedMixedStream, batch_of, build_instruct_file
 from codelm.data.packing import IGNORE_INDEX, TokenFile, build_token_file
-from codelm.errors import CheckpointError, ConfigError, DataError, TokenizerError
+from codelm.errors import CheckpointError, ConfigError, DataError
 from codelm.train import distributed as D
 from codelm.train.recipe import Recipe, load_recipe, source_name
 

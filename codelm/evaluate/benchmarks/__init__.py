@@ -17,7 +17,7 @@ from pathlib import Path
 
 from codelm.errors import CodelmError
 from codelm.evaluate import datasets
-from codelm.jsonl import iter_jsonl
+from codelm.files import iter_jsonl
 
 BENCHMARKS = (
     "humaneval",

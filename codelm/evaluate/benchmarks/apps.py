@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from codelm.jsonl import iter_jsonl
+from codelm.files import iter_jsonl
 from codelm.errors import CodelmError, DataError
 from codelm.evaluate.datasets import ExternalFile, locate_external
 
@@ -290,7 +290,8 @@ def run_journaled(name: str, samples: list[dict], job_of, row_of, out_path: Path
 
     from tqdm import tqdm
 
-    from codelm.evaluate.runner import Journal, atomic_write
+    from codelm.evaluate.runner import Journal
+    from codelm.files import atomic_write
     from codelm.evaluate.sandbox import SandboxConfig, SandboxPool, describe_weakness
 
     out_path = Path(out_path)

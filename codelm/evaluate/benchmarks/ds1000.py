@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from codelm.jsonl import iter_jsonl
+from codelm.files import iter_jsonl
 from codelm.errors import CodelmError, DataError
 from codelm.evaluate.datasets import ExternalFile, locate_external
 

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from codelm.jsonl import iter_jsonl
+from codelm.files import iter_jsonl
 from codelm.errors import DataError
 
 SOURCE = ("https://raw.githubusercontent.com/openai/grade-school-math/3101c7d5072418e28b9008a6636bde82a006892c/"
@@ -192,7 +192,7 @@ def score(method: str, samples_path, out_path, data_dir=None, workers: int | Non
         reason = "passed" if ok else (how if how not in ("ran", "extracted") else
                                       f"failed: answer {answer!r}, expected {expected}")
         rows.append({**s, "answer": answer, "expected": expected, "passed": ok, "result": reason})
-    from codelm.evaluate.runner import atomic_write
+    from codelm.files import atomic_write
 
     out_path = Path(out_path)
     atomic_write(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

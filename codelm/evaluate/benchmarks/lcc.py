@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from codelm.jsonl import iter_jsonl
+from codelm.files import iter_jsonl
 from codelm.errors import CodelmError, ConfigError, DataError
 from codelm.evaluate.datasets import ExternalFile, locate_external
 
@@ -214,7 +214,7 @@ def score(benchmark: str, samples_path, out_path, data_dir=None, workers=None, s
           ks=(1,), resume: bool = False, progress: bool = True) -> dict:
     """Score a samples JSONL (task_id "LCC-LANG/N", completion = the predicted line); nothing is run."""
     from codelm.evaluate.benchmarks.multipl_e import read_samples, summarize
-    from codelm.evaluate.runner import atomic_write
+    from codelm.files import atomic_write
 
     started = time.monotonic()
     language = benchmark.removeprefix("lcc-").removesuffix("-4k")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from codelm.jsonl import iter_jsonl
+from codelm.files import iter_jsonl
 from codelm.errors import CodelmError, DataError
 
 SOURCE = "https://raw.githubusercontent.com/nuprl/MultiPL-E/cf9db336f37d5ddcb50f6dbd97c67e5678ecfa96/prompts/"
@@ -184,7 +184,7 @@ def run_programs(lang: str, sources: list[str], workers: int = 2, sandbox: str =
 def score(lang: str, samples_path, out_path, data_dir=None, workers: int | None = None, sandbox: str = "auto",
           ks=(1, 10, 100), progress: bool = True) -> dict:
     """Score a samples JSONL (task_id = problem name, completion); writes results + summary like `codelm score`."""
-    from codelm.evaluate.runner import atomic_write
+    from codelm.files import atomic_write
 
     started = time.monotonic()
     problems = {p["name"]: p for p in load_problems(lang, data_dir)}
@@ -215,7 +215,7 @@ def read_samples(path: Path, problems: dict) -> list[dict]:
 def summarize(name: str, rows: list[dict], ks, out_path: Path, extra: dict) -> dict:
     """The summary `codelm score` writes (pass@k over tasks, counts, per-task table), for non-runner scorers."""
     from codelm.evaluate import passk
-    from codelm.evaluate.runner import atomic_write
+    from codelm.files import atomic_write
 
     counts: dict[str, list[int]] = {}
     for r in rows:
