@@ -12,17 +12,26 @@ from typing import Iterable, Iterator
 from codelm.errors import DataError
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path: str | Path, what: str = "it") -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line of a JSONL file (gzip when it ends in .gz).
 
-    Streams, so a file larger than memory is fine; the first malformed line or non-object stops it
-    with a DataError naming the file and line."""
+    Streams, so a file larger than memory is fine; an unreadable file, or the first line that is not
+    UTF-8, not JSON or not an object, stops it with a DataError naming the file and line (`what` names
+    the file's contents in the message for an unreadable file)."""
     path = Path(path)
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    try:
+        f = opener(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read {what} ({e.strerror})") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start + 1} of the line)") from None
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from codelm.errors import CodelmError, DataError
-from codelm.files import atomic_write
+from codelm.files import atomic_write, iter_jsonl, write_jsonl
 from codelm.evaluate import passk
 from codelm.evaluate.benchmarks import load_benchmark
 from codelm.evaluate.sandbox import Limits, SandboxConfig, SandboxError, SandboxPool, describe_weakness
@@ -39,24 +39,8 @@ JOURNAL_VERSION = 1
 # ----------------------------------------------------------------------------- reading samples
 def read_samples(path: Path, benchmark) -> list[dict]:
     """Every sample of a human-eval style JSONL file; the first bad line raises DataError naming it."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read samples ({e.strerror})") from None
     samples = []
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start + 1} of the line)") from None
-        try:
-            sample = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(sample, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object with task_id and completion")
+    for lineno, sample in iter_jsonl(path, what="samples"):
         if "task_id" not in sample:
             raise DataError(f"{path}:{lineno}: missing field task_id")
         key = benchmark.task_key(sample["task_id"])
@@ -123,6 +107,13 @@ class Journal:
         self.file.write(json.dumps({"i": index, "row": row}, ensure_ascii=False) + "\n")
         self.file.flush()  # in the OS's hands: survives the process being killed
 
+    def finish(self, out_path: Path, n: int) -> list[dict]:
+        """All n samples are done: write their rows in input order to out_path, then drop the journal."""
+        rows = [self.done[i] for i in range(n)]
+        write_jsonl(out_path, rows)
+        self.remove()
+        return rows
+
     def remove(self) -> None:
         self.close()
         self.path.unlink(missing_ok=True)
@@ -169,9 +160,7 @@ def score(benchmark_name: str, samples_path: str | os.PathLike, out_path: str | 
     except BaseException:
         journal.close()  # kept for --resume
         raise
-    rows = [journal.done[i] for i in range(len(samples))]
-    atomic_write(out_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    journal.remove()
+    rows = journal.finish(out_path, len(samples))
     extra["elapsed_s"] = round(time.monotonic() - started, 2)
     extra["samples_per_s"] = round(len(samples) / max(extra["elapsed_s"], 1e-9), 1)
     return _summarize(benchmark, samples, rows, ks, extra, summary_path, out_path)

@@ -291,7 +291,6 @@ def run_journaled(name: str, samples: list[dict], job_of, row_of, out_path: Path
     from tqdm import tqdm
 
     from codelm.evaluate.runner import Journal
-    from codelm.files import atomic_write
     from codelm.evaluate.sandbox import SandboxConfig, SandboxPool, describe_weakness
 
     out_path = Path(out_path)
@@ -353,7 +352,4 @@ def run_journaled(name: str, samples: list[dict], job_of, row_of, out_path: Path
     except BaseException:
         journal.close()  # kept for --resume
         raise
-    rows = [journal.done[i] for i in range(len(samples))]
-    atomic_write(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    journal.remove()
-    return rows, extra
+    return journal.finish(out_path, len(samples)), extra
