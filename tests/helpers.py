@@ -1,6 +1,6 @@
-"""Shared test fixtures: tiny tokenizers trained in seconds on the standard library.
+"""Shared test fixtures: tiny tokenizers trained in seconds on the standard library, tiny models.
 
-    from helpers import make_tiny_bpe, make_tiny_sentencepiece
+    from helpers import make_tiny_bpe, make_tiny_sentencepiece, tiny_llama
 
 (pytest puts tests/ on sys.path, as the folder has no __init__.py.)
 
@@ -97,3 +97,15 @@ def sample_snippets(n: int = 200, seed: int = 0, max_len: int = 400) -> list[str
         start = rng.randrange(len(text))
         out.append(text[start:start + rng.randrange(1, max_len)])
     return out
+
+
+def tiny_llama(vocab_size: int, seed: int = 0, max_seq_len: int = 512, **config):
+    """A randomly initialised 2-layer Llama (dim 64, GQA 4/2) in eval mode, the same weights for a seed."""
+    import torch
+
+    from codelm.model.config import ModelConfig
+    from codelm.model.llama import Transformer
+
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(**{"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 16,
+                                      "vocab_size": vocab_size, "max_seq_len": max_seq_len, **config})).eval()

@@ -4,8 +4,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import torch
-from helpers import make_tiny_bpe
+from helpers import make_tiny_bpe, tiny_llama as tiny_model
 
 from codelm.errors import CodelmError, ConfigError
 from codelm.generate import complete_batch, infill_batch
@@ -13,18 +12,10 @@ from codelm.generate.backends import GenerationCache, Request, cut_at_stop, gene
 from codelm.generate.backends.native import NativeBackend
 from codelm.generate.backends.openai import OpenAIBackend, ServerError
 from codelm.model.checkpoint import save_hf
-from codelm.model.config import ModelConfig
-from codelm.model.llama import Transformer
 from codelm.serve import start_server
 
 PROMPTS = ["def add(a, b):\n", "import os\n\n", "class Stack:\n    def push(self, x):\n"]
 PAIRS = [("def f(x):\n    return ", "\n\nprint(f(1))\n"), ("for i in range(", "):\n    pass\n")]
-
-
-def tiny_model(vocab, seed=0):
-    torch.manual_seed(seed)
-    return Transformer(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab, multiple_of=16,
-                                   max_seq_len=512)).eval()
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from helpers import make_tiny_bpe
+from helpers import make_tiny_bpe, tiny_llama
 
 from codelm.chat import ChatSettings, LocalModel, ServerModel, chat_loop
 from codelm.generate.prompts import chat_tokens
@@ -57,13 +56,8 @@ def test_oldest_exchanges_are_dropped_to_fit():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from codelm.model.config import ModelConfig
-    from codelm.model.llama import Transformer
-
     tok = make_tiny_bpe()
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size,
-                                    multiple_of=16, max_seq_len=256)).eval()
+    model = tiny_llama(tok.vocab_size, max_seq_len=256)
     return model, tok
 
 

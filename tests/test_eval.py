@@ -7,8 +7,7 @@ import sys
 import time
 
 import pytest
-import torch
-from helpers import make_tiny_bpe
+from helpers import make_tiny_bpe, tiny_llama
 
 from codelm.errors import CodelmError
 from codelm.evaluate.benchmarks import gsm8k, load_problems
@@ -17,8 +16,6 @@ from codelm.evaluate.protocols import HUMANEVAL_STOP, Task, extract_code, get_pr
 from codelm.generate.backends import Completion
 from codelm.generate.backends.native import NativeBackend
 from codelm.model.checkpoint import save_hf
-from codelm.model.config import ModelConfig
-from codelm.model.llama import Transformer
 
 # ----------------------------------------------------------------------------- golden prompts
 HUMANEVAL_2 = '''def truncate_number(number: float) -> float:
@@ -230,9 +227,7 @@ def test_oracle_passes_evalplus(name, data_dir, tmp_path):
 # ----------------------------------------------------------------------------- real backends, tiny model
 def tiny_checkpoint(path):
     tok = make_tiny_bpe()
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size,
-                                    multiple_of=16, max_seq_len=4096)).eval()
+    model = tiny_llama(tok.vocab_size, max_seq_len=4096)
     save_hf(model, path, tokenizer=tok)
     return model, tok
 

@@ -5,21 +5,16 @@ import sys
 import gguf
 import numpy as np
 import pytest
-import torch
-from helpers import make_tiny_bpe, make_tiny_sentencepiece
+from helpers import make_tiny_bpe, make_tiny_sentencepiece, tiny_llama
 
 from codelm.errors import ConfigError
 from codelm.export import export_gguf
 from codelm.model.checkpoint import save_hf, to_hf_state_dict
-from codelm.model.config import ModelConfig
-from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
 
 
 def tiny(vocab, **kw):
-    torch.manual_seed(0)
-    cfg = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab, multiple_of=16, max_seq_len=512)
-    return Transformer(ModelConfig(**{**cfg, **kw})).eval()
+    return tiny_llama(vocab, **kw)
 
 
 def fields(reader):

@@ -3,15 +3,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from helpers import make_tiny_bpe, make_tiny_sentencepiece
+from helpers import make_tiny_bpe, make_tiny_sentencepiece, tiny_llama
 
 import codelm
 from codelm.errors import TokenizerError
 from codelm.generate import complete, complete_batch, infill, infill_batch, infilling_tokens
 from codelm.model.checkpoint import save_hf, save_meta
-from codelm.model.config import ModelConfig
-from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
 
 PREFIX = 'def remove_non_ascii(s: str) -> str:\n    """ '
@@ -56,9 +53,7 @@ def test_infilling_needs_fim_tokens(tmp_path):
 
 
 def _tiny_model(vocab, seed=0):
-    torch.manual_seed(seed)
-    return Transformer(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab, multiple_of=16,
-                                   max_seq_len=256)).eval()
+    return tiny_llama(vocab, seed, max_seq_len=256)
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,15 @@
 """Sampling: greedy = argmax step by step, top-p's reference set, stop strings across token boundaries."""
 import pytest
 import torch
+from helpers import tiny_llama
 
 from codelm.generate.sampler import SamplingParams, generate, top_k_filter, top_p_filter
-from codelm.model.config import ModelConfig
-from codelm.model.llama import Transformer
 
 VOCAB = 40
 
 
 def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return Transformer(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=VOCAB,
-                                   multiple_of=16, max_seq_len=128)).eval()
+    return tiny_llama(VOCAB, seed, max_seq_len=128)
 
 
 def char_decode(ids):

@@ -8,25 +8,16 @@ import time
 
 import openai
 import pytest
-import torch
-from helpers import make_tiny_bpe
+from helpers import make_tiny_bpe, tiny_llama as tiny_model
 
 import codelm
 from codelm.generate import complete_batch, infill_batch
 from codelm.generate.sampler import SamplingParams, generate
 from codelm.model.checkpoint import save_hf
-from codelm.model.config import ModelConfig
-from codelm.model.llama import Transformer
 from codelm.generate.prompts import B_INST, E_INST
 from codelm.serve import UNSAFE_REQUEST_ERROR, ServeLimits, chat_tokens, start_server
 
 NAME = "tiny-code"
-
-
-def tiny_model(vocab, seed=0, max_seq_len=512):
-    torch.manual_seed(seed)
-    return Transformer(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab, multiple_of=16,
-                                   max_seq_len=max_seq_len)).eval()
 
 
 @pytest.fixture(scope="module")
