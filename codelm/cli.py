@@ -267,6 +267,8 @@ def _add_lab(sub):
     ln.add_argument("--retrieval-examples", type=int, default=None, help="key-retrieval prompts per cell and seed")
     ln.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens scored at every length")
     ln.add_argument("--drill-weight", type=float, default=None, help="share of retrieval drills in training")
+    ln.add_argument("--drill-loss-weight", type=float, default=None,
+                    help="how many code tokens one drill answer token counts in the loss")
     ln.add_argument("--train-chars", type=int, default=None, help="training text kept from the corpus")
     ln.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override the pretraining recipe (recipes/lab-length.toml), e.g. train.max_steps=600")

@@ -156,6 +156,9 @@ def test_recipe_instruct_source_checks(tmp_path):
     base["data"]["sources"][0]["kind"] = "chat"
     with pytest.raises(ConfigError, match=r"data.sources\[0\].kind must be text or instruct"):
         recipe_from_dict(base, "r.toml")
+    base["data"]["sources"][0].update(kind="instruct", loss_weight=0)
+    with pytest.raises(ConfigError, match=r"data.sources\[0\].loss_weight must be positive"):
+        recipe_from_dict(base, "r.toml")
 
 
 def _task_dialog(i: int) -> list[dict]:
@@ -234,3 +237,73 @@ def test_mbpp_instruct_prompt_is_figure_13(data_dir):
     assert chat_request.prompt == message and chat_request.stop == ()
     answer = "Sure.\n[PYTHON]\ndef remove_Occ(s, ch):\n    return s\n[/PYTHON]\nDone."
     assert protocol.postprocess(tasks[0], answer) == "def remove_Occ(s, ch):\n    return s\n"
+
+
+def test_prompt_completion_pairs_train_only_the_completion(tmp_path):
+    tok = make_tiny_bpe()
+    prompt, completion = "def f():\n    return 42\n\nassert f() == ", "42\n"
+    src = tmp_path / "p.jsonl"
+    src.write_text(json.dumps({"prompt": prompt, "completion": completion}) + "\n"
+                   + json.dumps({"messages": DIALOG[1:3]}) + "\n")
+    meta = build_instruct_file(src, tok, tmp_path / "p.bin", seq_len=255)
+    assert meta.dialogs == 2
+    f = InstructFile(tmp_path / "p.bin")
+    x, y = batch_of(f, [0])
+    trained = y[0][y[0] != IGNORE_INDEX].tolist()
+    ids, _ = dialog_tokens(tok, DIALOG[1:3])
+    answer = tok.decode(trained)
+    # The pair comes first in the row: its trained tokens decode to the completion, then the dialog's answer.
+    assert answer.startswith(completion) and tok.decode(trained[:len(tok.encode(completion))]) == completion
+    assert tok.eos_id not in trained[:len(tok.encode(completion))]  # no EOS after a completion
+    # Its inputs are BOS + prompt + completion as plain text.
+    assert tok.decode(x[0][:len(tok.encode(prompt + completion, bos=True))].tolist()).endswith(prompt + completion)
+    src.write_text(json.dumps({"prompt": "a", "completion": ""}) + "\n")
+    with pytest.raises(DataError, match=r"p\.jsonl:1: the completion is empty"):
+        build_instruct_file(src, tok, tmp_path / "q.bin", seq_len=63)
+    src.write_text(json.dumps({"prompt": "a"}) + "\n")
+    with pytest.raises(DataError, match=r"p\.jsonl:1: expected an object with a 'messages' list, or 'prompt'"):
+        build_instruct_file(src, tok, tmp_path / "q.bin", seq_len=63)
+
+
+def test_loss_weight_counts_each_target_of_a_source_that_many_times(tmp_path):
+    """A source's loss_weight w: train_step's loss and gradient are those of the weighted mean, and
+    w = 1 everywhere is the plain token mean (the custom cross-entropy and the library's agree)."""
+    import torch
+    import torch.nn.functional as F
+
+    from codelm.data.packing import TokenFile, build_token_file
+    from codelm.train.loop import _cross_entropy_sum, target_weights
+
+    tok = make_tiny_bpe()
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"x = {i}\nassert x == ", "completion": f"{i}\n"}) + "\n"
+                           for i in range(40)))
+    build_instruct_file(src, tok, tmp_path / "d.bin", 31)
+    build_token_file(["def f():\n    return 1\n" * 20] * 30, tok, tmp_path / "code.bin", 31, show_progress=False)
+    files = [InstructFile(tmp_path / "d.bin"), TokenFile(tmp_path / "code.bin")]
+    assert MaskedMixedStream(files, [0.5, 0.5], seed=3).row_weights([(0, 0), (1, 0)]) is None
+    stream = MaskedMixedStream(files, [0.5, 0.5], seed=3, loss_weights=[25.0, 1.0])
+    picks = stream.draw(16)
+    assert {s for s, _ in picks} == {0, 1}
+    x, y = stream.fetch(picks)
+    w = target_weights(y, stream.row_weights(picks))
+    assert w.tolist() == [[(25.0 if s == 0 else 1.0) * float(t != IGNORE_INDEX) for t in row]
+                          for (s, _), row in zip(picks, y.tolist())]
+    torch.manual_seed(0)
+    logits = torch.randn(*y.shape, tok.vocab_size, requires_grad=True)
+    per_token = F.cross_entropy(logits.detach().reshape(-1, tok.vocab_size), y.reshape(-1),
+                                ignore_index=IGNORE_INDEX, reduction="none").view(y.shape)
+    for weights in (None, w):
+        want = per_token.sum() if weights is None else (per_token * weights).sum()
+        fresh = logits.detach().clone().requires_grad_(True)
+        ref = F.cross_entropy(fresh.reshape(-1, tok.vocab_size), y.reshape(-1), ignore_index=IGNORE_INDEX,
+                              reduction="none").view(y.shape)
+        (ref.sum() if weights is None else (ref * weights).sum()).backward()
+        mine = logits.detach().clone().requires_grad_(True)
+        out = mine * 1.0  # a fresh, contiguous, non-view tensor: the in-place path
+        got = _cross_entropy_sum(out, y, weights)
+        got.backward()
+        assert torch.allclose(got, want, rtol=1e-5)
+        assert torch.allclose(mine.grad, fresh.grad, atol=1e-6)
+    with pytest.raises(ConfigError, match="loss weights must be positive"):
+        MaskedMixedStream(files, [0.5, 0.5], seed=3, loss_weights=[0.0, 1.0])

@@ -34,7 +34,7 @@ def _plan(tmp_path, L=64):
 
 
 def test_each_method_gets_its_own_fine_tune(tmp_path):
-    s = lab.LabSettings(out=tmp_path, overrides=["data.seq_len=64"])
+    s = lab.LabSettings(out=tmp_path, overrides=["data.seq_len=64", "model.config.n_heads=2"])
     plan = _plan(tmp_path)
     by = {m.name: m for m in lab.methods(4)}
     base = tmp_path / "runs" / "seed0" / "rope" / "final"
@@ -46,6 +46,10 @@ def test_each_method_gets_its_own_fine_tune(tmp_path):
     assert lab.lcft_recipe(s, plan, 0, by["lcft-1e4"], base).model.config["rope_theta"] == 1e4
     alibi = lab.pretrain_recipe(s, plan, 2, "alibi")
     assert alibi.model.config["position_encoding"] == "alibi" and alibi.run.seed == 2
+    # The user's --set reaches the model next to the lab's own settings.
+    assert alibi.model.config["n_heads"] == 2 and alibi.model.config["dim"] == 128
+    assert alibi.model.config["max_seq_len"] == 64
+    assert [x.kind for x in alibi.data.sources] == ["text", "instruct"]
     assert [x.name for x in alibi.data.sources] == ["code", "drills"]
     bad = lab.LabSettings(out=tmp_path, overrides=["train.lr_max=1"])
     with pytest.raises(ConfigError, match="lr_max"):
@@ -61,14 +65,19 @@ def test_drills_are_short_and_answerable(tmp_path):
     (code / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in stdlib_sample_texts(100_000)))
     tok = train_tokenizer(stdlib_sample_texts(100_000), 264, show_progress=False)
     path = lab.write_drills(tok, code, tmp_path / "drills.jsonl", seq_len=256, n=30)
-    rows = [json.loads(x)["text"] for x in path.read_text().splitlines()]
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(rows) == 30
-    for text in rows:
-        assert len(tok.encode(text)) < 256
-        name = next(n for n in lab.DRILL_NAMES if f"def {n}() -> int:" in text)
-        question = f"assert {name}() == "
-        prompt, answer = text.rsplit(question, 1)
-        assert oracle_answer(prompt + question, name) == answer.strip()
+    for row in rows:
+        # BOS + prompt + completion fit one training row of 256 tokens.
+        assert 1 + len(tok.encode(row["prompt"] + row["completion"])) <= 256
+        # The task is the evaluation's: the paper's key and question; the completion is the value.
+        assert row["prompt"].endswith("\nassert my_function() == ") and row["completion"].endswith("\n")
+        assert oracle_answer(row["prompt"]) == row["completion"].strip()
+    assert len({row["completion"] for row in rows}) > 10
+    # Key-to-question distances spread over the window, short ones the most frequent.
+    question = len(tok.encode("\nassert my_function() == "))
+    gaps = [len(tok.encode(r["prompt"].split(f"return {r['completion']}", 1)[1])) - question for r in rows]
+    assert min(gaps) < 15 and max(gaps) > 60 and np.median(gaps) < 50, gaps
 
 
 def _fake_results(methods, seeds, data, L):
@@ -106,6 +115,7 @@ def test_summary_table_plots_and_notes(tmp_path):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     notes = lab.explanation(summary, table)
     assert notes.startswith("# Train short, test long") and "nan" not in notes
+    assert "at 2L" in notes and "In the position sweep at 8L, ALiBi answers" in notes
 
 
 def test_rope_decay_bound_decays_more_slowly_with_a_larger_base():

@@ -1,4 +1,5 @@
-"""Instruction data: dialogs as (token ids, loss mask), packed whole into training rows; tag parsing.
+"""Instruction data: dialogs (or prompt/completion pairs) as (token ids, loss mask), packed whole
+into training rows; tag parsing.
 
 A dialog is {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}, roles
 alternating user/assistant after an optional system message and ending with the assistant. It is
@@ -6,6 +7,8 @@ laid out exactly as `codelm.generate.prompts.chat_tokens` lays out finished exch
 doc §4.1): one `encode("[INST] {user} [/INST] {answer} ", bos=True, eos=True)` per exchange, the
 system message folded into the first user turn. The loss mask is True only on the answer's tokens
 and the EOS that closes it: the model learns to answer and to stop, never to write the user's part.
+A pair {"prompt": str, "completion": str} is BOS + prompt + completion as plain text, without chat
+markup or EOS, trained on the completion only (the length lab's retrieval drills).
 
 Training rows hold L + 1 tokens (L inputs, L shifted targets). A dialog is never split across two
 rows: dialogs are placed in order, and one that does not fit what is left of a row starts the next
@@ -30,7 +33,7 @@ import numpy as np
 
 from codelm.data.packing import IGNORE_INDEX, MixedStream, make_batch, token_dtype, tokenizer_fingerprint
 from codelm.files import iter_jsonl
-from codelm.errors import DataError
+from codelm.errors import ConfigError, DataError
 from codelm.generate.prompts import B_INST, B_SYS, E_INST, E_SYS, ChatFormatError, check_dialog
 
 FORMAT = 1
@@ -124,13 +127,35 @@ def dialog_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool
     return ids, mask
 
 
-def read_dialogs(path: str | Path):
-    """Yield (line number, messages) from a JSONL file of {"messages": [...]}; bad lines are errors."""
+def completion_tokens(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[bool]]:
+    """(ids, mask) of a raw prompt/completion pair: BOS + the text as written, no chat markup and no
+    EOS (end the completion with whatever should follow it); only the completion's tokens are trained."""
+    if not completion:
+        raise ChatFormatError("the completion is empty: nothing to train")
+    full = tokenizer.encode(prompt + completion, bos=True)
+    head = tokenizer.encode(prompt, bos=True)
+    n = 0
+    while n < min(len(head), len(full) - 1) and head[n] == full[n]:
+        n += 1
+    return full, [False] * n + [True] * (len(full) - n)
+
+
+def read_examples(path: str | Path, tokenizer):
+    """Yield (line number, ids, mask) from a JSONL file of {"messages": [...]} dialogs or
+    {"prompt": str, "completion": str} pairs; a bad line is an error naming it."""
     path = Path(path)
     for no, rec in iter_jsonl(path):
-        if not isinstance(rec.get("messages"), list):
-            raise DataError(f"{path}:{no}: expected an object with a 'messages' list")
-        yield no, rec["messages"]
+        try:
+            if isinstance(rec.get("messages"), list):
+                ids, mask = dialog_tokens(tokenizer, rec["messages"])
+            elif isinstance(rec.get("prompt"), str) and isinstance(rec.get("completion"), str):
+                ids, mask = completion_tokens(tokenizer, rec["prompt"], rec["completion"])
+            else:
+                raise DataError(f"{path}:{no}: expected an object with a 'messages' list, or 'prompt' and "
+                                "'completion' strings")
+        except ChatFormatError as e:
+            raise DataError(f"{path}:{no}: {e}") from None
+        yield no, ids, mask
 
 
 # ----------------------------------------------------------------------------- packing
@@ -202,11 +227,7 @@ def build_instruct_file(source: str | Path, tokenizer, path: str | Path, seq_len
             return have
     packer = DialogPacker(seq_len + 1, pad_id)
     meta = want
-    for no, messages in read_dialogs(source):
-        try:
-            ids, mask = dialog_tokens(tokenizer, messages)
-        except ChatFormatError as e:
-            raise DataError(f"{source}:{no}: {e}") from None
+    for no, ids, mask in read_examples(source, tokenizer):
         if packer.add(ids, mask):
             meta.dialogs += 1
             meta.target_tokens += sum(mask)
@@ -271,7 +292,23 @@ def batch_of(f, indices: list[int]):
 
 
 class MaskedMixedStream(MixedStream):
-    """MixedStream whose instruct sources give assistant-only targets."""
+    """MixedStream whose instruct sources give assistant-only targets, and whose rows carry their
+    source's loss weight (recipe `loss_weight`: a small source whose few targets matter, such as
+    the answers of retrieval drills, would otherwise vanish in a token-averaged loss)."""
+
+    def __init__(self, files, weights, seed: int, loss_weights: list[float] | None = None):
+        super().__init__(files, weights, seed)
+        self.loss_weights = list(loss_weights) if loss_weights is not None else [1.0] * len(files)
+        if len(self.loss_weights) != len(files) or not all(w > 0 for w in self.loss_weights):
+            raise ConfigError(f"data: loss weights must be positive, one per source, got {loss_weights}")
+
+    def row_weights(self, picks):
+        """[B] loss weights of the picked rows, or None when every source weighs 1."""
+        import torch
+
+        if all(w == 1.0 for w in self.loss_weights):
+            return None
+        return torch.tensor([self.loss_weights[s] for s, _ in picks], dtype=torch.float32)
 
     def fetch(self, picks):
         import torch

@@ -16,9 +16,10 @@ table.md, README.md (what the curves show and why), ppl_by_length.png, key_retri
 loss_by_position.png, rope_decay.png.
 
 A tiny model does not learn to retrieve a value from minutes of standard-library code, so a
-share of its training documents are short retrieval drills (a function with a random name
-returning a number, some code, then `assert NAME() == NUMBER`), each shorter than L. The skill
-exists inside the trained window; the lab asks whether it survives at distances never trained.
+share of its training rows are retrieval drills: the evaluation's task on training code (random
+value, random key-to-question distance), each at most L tokens, trained on the answer only with
+a loss weight that makes a drill's few answer tokens count like a row of code. The skill exists
+inside the trained window; the lab asks whether it survives at distances never trained.
 
 Training goes through the ordinary recipes (recipes/lab-length.toml for the pretraining at L,
 recipes/lcft-lab.toml for the fine-tunes), so a larger lab is `--set` overrides away. Every stage
@@ -75,7 +76,8 @@ class LabSettings:
     lcft_overrides: list[str] = field(default_factory=list)  # --lcft-set for the fine-tunes
     lcft_factor: int = 4              # fine-tune length = factor x L
     train_chars: int = 3_000_000      # training text kept from the corpus (the runs read a fraction)
-    drill_weight: float = 0.15        # share of training sequences drawn from retrieval drills
+    drill_weight: float = 0.5         # share of training sequences drawn from retrieval drills
+    drill_loss_weight: float = 40.0   # each drill answer token counts this many code tokens in the loss
     eval_tokens: int = 16_384         # held-out tokens scored at every length
     retrieval_examples: int = 8       # per (length, position) and seed
     sweep_multiple: int = 8           # the position sweep runs at sweep_multiple x L
@@ -206,13 +208,11 @@ def prepare_tokenizer(s: LabSettings, code_dir: Path, vocab_size: int):
     return Tokenizer.load(tdir), tdir
 
 
-DRILL_NAMES = ("get_size", "compute_total", "read_value", "parse_header", "find_index", "count_items",
-               "make_key", "load_config", "default_port", "max_depth", "retry_limit", "buffer_size",
-               "check_state", "build_table", "next_token", "line_width", "cache_hits", "base_offset")
-
-
 def write_drills(tokenizer, code_dir: Path, dest: Path, seq_len: int, n: int, seed: int = 0) -> Path:
-    """dest: JSONL of n retrieval drills, each shorter than seq_len tokens, built from training code."""
+    """dest: JSONL of n retrieval drills, {"prompt", "completion"}, each at most seq_len tokens with BOS: the
+    key-retrieval task itself (the paper's `my_function` key and question) with a random value, a random
+    amount of training code (uniform up to what fits) split at a random point by the key;
+    the completion is the value and a newline."""
     if dest.is_file():
         return dest
     from codelm.data.corpus import corpus_texts
@@ -221,20 +221,21 @@ def write_drills(tokenizer, code_dir: Path, dest: Path, seq_len: int, n: int, se
     stream = lc.code_token_stream(list(corpus_texts(code_dir, "train")), tokenizer, max_tokens=400_000)
     rows = []
     for _ in range(n):
-        name = DRILL_NAMES[int(rng.integers(len(DRILL_NAMES)))]
         value = int(rng.integers(10, 100))
-        key, question = lc.key_snippets(tokenizer, value, name)
-        room = seq_len - len(key) - len(question) - 6
+        key, question = lc.key_snippets(tokenizer, value)
+        answer = tokenizer.encode(f"{value}\n")
+        room = seq_len - 1 - len(key) - len(question) - len(answer)
         if room < 0:
             raise ConfigError(f"lab: data.seq_len={seq_len} is too short for a retrieval drill "
-                              f"({len(key) + len(question) + 6} tokens); use 64 or more")
+                              f"({seq_len - room} tokens); use 128 or more")
+        # Short distances from key to question are the most frequent, which is what lets a tiny model find
+        # the skill at all (uniform distances up to L were not learned in the same number of steps).
         n_fill = int(rng.integers(0, room + 1))
+        before = int(rng.integers(0, n_fill + 1))
         start = int(rng.integers(0, len(stream) - n_fill))
         fill = stream[start:start + n_fill].tolist()
-        cut = int(rng.integers(0, n_fill + 1))
-        text = (tokenizer.decode(fill[:cut]) + tokenizer.decode(key) + tokenizer.decode(fill[cut:])
-                + tokenizer.decode(question) + f"{value}\n")
-        rows.append(json.dumps({"text": text}) + "\n")
+        prompt = tokenizer.decode(fill[:before] + key + fill[before:] + question)
+        rows.append(json.dumps({"prompt": prompt, "completion": f"{value}\n"}) + "\n")
     dest.parent.mkdir(parents=True, exist_ok=True)
     _write_text(dest, "".join(rows))
     return dest
@@ -260,7 +261,7 @@ def _essentials(recipe: dict) -> str:
     """What a finished run's reuse depends on: the model, its start, the length, the schedule and the seed."""
     m, d, t = recipe["model"], recipe["data"], recipe["train"]
     return json.dumps([m.get("preset"), m.get("init_from"), m.get("config"), d.get("seq_len"),
-                       [(x.get("path"), x.get("weight")) for x in d.get("sources", [])],
+                       [(x.get("path"), x.get("weight"), x.get("loss_weight", 1.0)) for x in d.get("sources", [])],
                        [t.get(k) for k in ("max_steps", "batch_tokens", "lr", "warmup_steps")],
                        recipe["run"].get("seed")], sort_keys=True)
 
@@ -282,7 +283,8 @@ def _sources(s: LabSettings, plan: Plan) -> list[dict]:
     code = {"path": str(plan.code_dir), "name": "code", "weight": 1.0 - s.drill_weight}
     if plan.drills is None:
         return [dict(code, weight=1.0)]
-    return [code, {"path": str(plan.drills), "name": "drills", "weight": s.drill_weight}]
+    return [code, {"path": str(plan.drills), "name": "drills", "weight": s.drill_weight, "kind": "instruct",
+                   "loss_weight": s.drill_loss_weight}]
 
 
 def pretrain_recipe(s: LabSettings, plan: Plan, seed: int, kind: str):
@@ -290,8 +292,8 @@ def pretrain_recipe(s: LabSettings, plan: Plan, seed: int, kind: str):
         "run.name": f"{kind}-seed{seed}", "run.out_dir": str(s.out / "runs" / f"seed{seed}" / kind), "run.seed": seed,
         "tokenizer.path": str(plan.tokenizer_dir), "tokenizer.vocab_size": None,
         "data.sources": _sources(s, plan), "data.fim_rate": 0.0,
-        "model.config": {**plan.pretrain_raw.get("model", {}).get("config", {}), "max_seq_len": plan.seq_len,
-                         "position_encoding": kind},
+        # Dotted, so that the user's --set model.config.X survives.
+        "model.config.max_seq_len": plan.seq_len, "model.config.position_encoding": kind,
     }
     return _recipe(plan.pretrain_raw, s.overrides, changes, f"{PRETRAIN_RECIPE} ({kind}, seed {seed})")
 
@@ -367,6 +369,8 @@ def run_lab(s: LabSettings) -> dict:
         raise ConfigError(f"lab: the fine-tune length factor must be at least 2, got {s.lcft_factor}")
     if not 0.0 <= s.drill_weight < 1.0:
         raise ConfigError(f"lab: drill weight must be in [0, 1), got {s.drill_weight}")
+    if not s.drill_loss_weight > 0:
+        raise ConfigError(f"lab: drill loss weight must be positive, got {s.drill_loss_weight}")
     t_start = time.time()
     s.out = Path(s.out)
     s.out.mkdir(parents=True, exist_ok=True)
@@ -392,8 +396,8 @@ def run_lab(s: LabSettings) -> dict:
     code_dir = trimmed_training_text(corpus, s.out / "data" / "code", s.train_chars)
     tokenizer, tdir = prepare_tokenizer(s, code_dir, probe.tokenizer.vocab_size or 1024)
     tr = probe.train
-    drill_count = max(200, int(2.5 * s.drill_weight * tr.max_steps * tr.batch_tokens / max(L // 2, 1)))
-    drills = (write_drills(tokenizer, code_dir, s.out / "data" / "drills.jsonl", L, drill_count)
+    drill_count = max(200, int(1.5 * s.drill_weight * tr.max_steps * tr.batch_tokens / max(L // 2, 1)))
+    drills = (write_drills(tokenizer, code_dir, s.out / "data" / "retrieval-drills.jsonl", L, drill_count)
               if s.drill_weight > 0 else None)
     plan = Plan(L, pre_raw, lcft_raw, code_dir, drills, tdir)
     data = eval_data(s, plan, tokenizer)
@@ -459,6 +463,7 @@ def run_lab(s: LabSettings) -> dict:
 def quick_recipes(pre: dict, lcft: dict) -> tuple[dict, dict]:
     """Small sizes for tests and a first look: L = 32 bytes, a 2-layer model, 400 steps, 2% fine-tunes."""
     pre, lcft = copy.deepcopy(pre), copy.deepcopy(lcft)
+    pre.setdefault("tokenizer", {})["vocab_size"] = 264  # bytes: 256 + 8 special tokens, no merges
     pre.setdefault("model", {})["config"] = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4,
                                               "multiple_of": 32}
     pre.setdefault("data", {})["seq_len"] = 32
@@ -494,7 +499,7 @@ def _stats(values: list[float]) -> dict:
 
 
 def summarize(results: dict, ms: list[Method], data: EvalData, L: int, s: LabSettings, plan: Plan) -> dict:
-    out = {"L": L, "seeds": s.seeds, "drill_weight": s.drill_weight, "lcft_length": s.lcft_factor * L, "pretrain_tokens": plan.pretrain_tokens,
+    out = {"L": L, "seeds": s.seeds, "drill_weight": s.drill_weight, "drill_loss_weight": s.drill_loss_weight, "lcft_length": s.lcft_factor * L, "pretrain_tokens": plan.pretrain_tokens,
            "lcft_tokens": plan.lcft_tokens, "lcft_share": plan.lcft_tokens / max(plan.pretrain_tokens, 1),
            "eval_tokens": sum(len(d) for d in data.docs), "eval_documents": len(data.docs),
            "retrieval_examples_per_cell_per_seed": s.retrieval_examples, "ppl_lengths": data.ppl_lengths,
@@ -775,15 +780,25 @@ def explanation(summary: dict, table: str) -> str:
             "so it reads long inputs much like a sliding window of recent tokens: a flat perplexity does not show "
             "that distant tokens are used. Key retrieval at a distance does.")
     if summary.get("retrieval"):
-        parts = [f"{ms[m]['label']} {kr(m, 1)} at L and {kr(m, top)} at {top}L" for m in ms]
+        mults = [k for k in (1, 2, 4) if k < top] + [top]
+        parts = [f"{ms[m]['label']} " + ", ".join(f"{kr(m, k)} at {_mult(k * L, L)}" for k in mults) for m in ms]
         best_at_L = max(ms[m]["key_retrieval_by_length"][str(L)]["mean"] for m in ms)
         caveat = ""
         if best_at_L < 0.25:
             caveat = (" No model retrieves reliably even at L, so this run says nothing about retrieval at a "
                       "distance: the model has not learned the skill within its window (train longer, e.g. "
-                      "`--set train.max_steps=2000`, or raise `--drill-weight`).")
+                      "`--set train.max_steps=4000`, or raise `--drill-weight`).")
+        sweep = ""
+        if "alibi" in ms and "sweep" in ms["alibi"]:
+            sw = ms["alibi"]["sweep"]
+            sl = summary["sweep_length"]
+            near, far_key = sw.get(lc.cell_key(sl, 1.0)), sw.get(lc.cell_key(sl, 0.0))
+            if near and far_key:
+                sweep = (f" In the position sweep at {_mult(sl, L)}, ALiBi answers {100 * near['mean']:.0f}% when the "
+                         f"key sits just before the question and {100 * far_key['mean']:.0f}% when it sits at the start "
+                         "(its bias shrinks a distant key's weight, the key's content can still win).")
         bullets.append("**Key retrieval** (keys at relative positions 0, 0.2, 0.4): " + "; ".join(parts) + "."
-                       + caveat)
+                       + sweep + caveat)
     g = summary.get("goal")
     goal = ""
     if g:
@@ -818,9 +833,10 @@ evaluations took {summary.get('compute_s', {}).get('total', 0) / 60:.1f} minutes
   with n/2 to n tokens of context; the same tokens at every n.
 * Key retrieval: the paper's `my_function` prompt in held-out code, prompts of exactly n tokens, the greedy
   answer read up to its first non-digit, exact match. A tiny model does not learn retrieval from minutes of code,
-  so {100 * summary.get('drill_weight', 0):.0f}% of its training sequences are short drills (a function with a random name
-  returning a two-digit number, code, then `assert NAME() == NUMBER`), all shorter than L: the skill exists
-  inside the window, and the question is whether it survives beyond it.
+  so {100 * summary.get('drill_weight', 0):.0f}% of its training rows are drills: the same task on training code (random
+  value, random key-to-question distance, each drill at most L tokens), the loss taken on the answer only and
+  weighted {summary.get('drill_loss_weight', 0):g}x so that a few answer tokens weigh about as much as a row of code. The
+  skill is taught inside the window; the question is whether it survives beyond it.
 * Loss by position: mean token loss at each position of {far}L-token windows from the start of held-out files.
 """
 
@@ -891,7 +907,8 @@ def lab_main(args) -> int:
                         quick=args.quick, overrides=list(args.set or []), lcft_overrides=list(args.lcft_set or []))
         if args.quick:
             quick_settings(s)
-        for name in ("lcft_factor", "retrieval_examples", "eval_tokens", "drill_weight", "train_chars"):
+        for name in ("lcft_factor", "retrieval_examples", "eval_tokens", "drill_weight", "drill_loss_weight",
+                     "train_chars"):
             v = getattr(args, name, None)
             if v is not None:
                 setattr(s, name, v)

@@ -415,7 +415,7 @@ class _SumCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, targets):
+    def forward(ctx, logits, targets, weights=None):
         ctx.set_materialize_grads(False)
         flat = logits.view(-1, logits.shape[-1])
         t = targets.reshape(-1)
@@ -423,46 +423,60 @@ class _SumCrossEntropy(torch.autograd.Function):
         safe = torch.where(valid, t, 0)
         torch._log_softmax(flat, -1, False, out=flat)
         picked = flat.gather(1, safe[:, None]).squeeze(1)
+        # Per-token weights (a source's loss_weight); None: every target counts once.
+        w = valid if weights is None else valid * weights.reshape(-1).to(flat.dtype)
         ctx.mark_dirty(logits)
-        ctx.save_for_backward(logits, safe, valid)
-        return -(picked * valid).sum(), logits
+        ctx.save_for_backward(logits, safe, w)
+        ctx.all_ones = weights is None and bool(valid.all())
+        return -(picked * w).sum(), logits
 
     @staticmethod
     def backward(ctx, grad_out, _grad_logp):
-        logp, safe, valid = ctx.saved_tensors
+        logp, safe, w = ctx.saved_tensors
         grad = logp.view(-1, logp.shape[-1]).exp_()
         grad.scatter_add_(1, safe[:, None], torch.full_like(safe[:, None], -1, dtype=grad.dtype))
-        if bool(valid.all()):
+        if ctx.all_ones:
             grad.mul_(grad_out)
         else:
-            grad.mul_((valid.to(grad.dtype) * grad_out)[:, None])
-        return logp, None
+            grad.mul_((w.to(grad.dtype) * grad_out)[:, None])
+        return logp, None, None
 
 
-def _cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed token loss. In training (fp32 logits that are no view) the logits are consumed:
-    they hold log-probabilities afterwards."""
+def _cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed token loss, each target times its weight when weights ([B, T]) are given. In training
+    (fp32 logits that are no view) the logits are consumed: they hold log-probabilities afterwards."""
     if (logits.dtype == torch.float32 and logits.requires_grad and logits._base is None
             and logits.is_contiguous() and torch.is_grad_enabled()):
-        return _SumCrossEntropy.apply(logits, targets)[0]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+        return _SumCrossEntropy.apply(logits, targets, weights)[0]
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                             ignore_index=IGNORE_INDEX, reduction="none")
+    return losses.sum() if weights is None else (losses * weights.reshape(-1).to(losses.dtype)).sum()
+
+
+def target_weights(y: torch.Tensor, row_weights: torch.Tensor | None) -> torch.Tensor | None:
+    """[B, T] weights of the targets of a micro-batch whose rows carry their source's loss_weight (None: all 1)."""
+    if row_weights is None:
+        return None
+    return (y != IGNORE_INDEX).to(torch.float32) * row_weights.to(torch.float32)[:, None]
 
 
 def train_step(model, optimizer, batches, n_targets: float, info: D.DistInfo, autocast, grad_clip: float,
                params) -> tuple[float, float]:
     """One optimizer step over this process's micro-batches: (sum of token losses here, gradient norm).
 
-    The gradient is that of the mean loss over the n_targets target tokens of the global batch:
-    each process scales by world_size / n_targets because FSDP averages gradients across processes.
+    A micro-batch is (inputs, targets) or (inputs, targets, [B, T] target weights or None).
+    The gradient is that of the mean loss over the n_targets target tokens of the global batch
+    (the sum of their weights, when weighted): each process scales by world_size / n_targets
+    because FSDP averages gradients across processes.
     """
     scale = info.world_size / max(n_targets, 1.0)
     loss_sum = 0.0
-    for j, (x, y) in enumerate(batches):
+    for j, (x, y, *w) in enumerate(batches):
         D.set_gradient_sync(model, j == len(batches) - 1, info)
         with autocast:
             logits = model(x.to(info.device, non_blocking=True))
-        loss = _cross_entropy_sum(logits, y.to(info.device, non_blocking=True))
+        weights = w[0].to(info.device) if w and w[0] is not None else None
+        loss = _cross_entropy_sum(logits, y.to(info.device, non_blocking=True), weights)
         (loss * scale).backward()
         loss_sum += float(loss.detach())
         del logits, loss
@@ -550,7 +564,8 @@ def _train(recipe: Recipe, resume: bool, show_progress: bool, info: D.DistInfo) 
     if d.fim_rate > 0:
         tokenizer.require_infilling()
     train_files, valid_files = prepare_data(recipe, run_dir, tokenizer, info, show_progress)
-    stream = MaskedMixedStream(train_files, [s.weight for s in d.sources], recipe.run.seed)
+    stream = MaskedMixedStream(train_files, [s.weight for s in d.sources], recipe.run.seed,
+                               loss_weights=[s.loss_weight for s in d.sources])
 
     # Model: rank 0 builds or loads it whole; with several processes the others start empty
     # (meta device) and receive their shards from rank 0 after sharding.
@@ -617,8 +632,13 @@ def _train(recipe: Recipe, resume: bool, show_progress: bool, info: D.DistInfo) 
         for g in optimizer.param_groups:
             g["lr"] = lr
         picks = stream.draw(seqs_per_step)[info.rank * per_rank:(info.rank + 1) * per_rank]
-        batches = [stream.fetch(picks[i:i + t.micro_batch_size]) for i in range(0, per_rank, t.micro_batch_size)]
-        n_targets = D.all_reduce_sum([float(sum(int((y != IGNORE_INDEX).sum()) for _, y in batches))], info)[0]
+        batches = []
+        for i in range(0, per_rank, t.micro_batch_size):
+            chunk = picks[i:i + t.micro_batch_size]
+            x, y = stream.fetch(chunk)
+            batches.append((x, y, target_weights(y, stream.row_weights(chunk))))
+        n_targets = D.all_reduce_sum([sum(float((y != IGNORE_INDEX).sum()) if w is None else float(w.sum())
+                                          for _, y, w in batches)], info)[0]
         loss_sum, grad_norm = train_step(model, optimizer, batches, n_targets, info, autocast, t.grad_clip, params)
         step += 1
         tokens_seen += seqs_per_step * d.seq_len

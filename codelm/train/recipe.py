@@ -55,7 +55,8 @@ class SourceSection:
     path: str                       # a corpus folder (train.jsonl, valid.jsonl) or a JSONL file with "text"
     weight: float = 1.0             # sampling weight in the mix
     name: str | None = None         # default: the folder's name
-    kind: str = "text"              # text (documents, FIM) or instruct (dialogs: loss on assistant tokens)
+    kind: str = "text"              # text (documents, FIM) or instruct (dialogs or prompt/completion: loss on answers)
+    loss_weight: float = 1.0        # each target token of this source counts this many times in the mean loss
 
 
 @dataclass
@@ -300,6 +301,8 @@ def validate(r: Recipe) -> None:
     for i, s in enumerate(d.sources):
         if s.weight < 0:
             raise ConfigError(f"{w}: data.sources[{i}].weight must not be negative")
+        if not s.loss_weight > 0:
+            raise ConfigError(f"{w}: data.sources[{i}].loss_weight must be positive, got {s.loss_weight}")
         if s.kind not in ("text", "instruct"):
             raise ConfigError(f"{w}: data.sources[{i}].kind must be text or instruct, got {s.kind!r}")
         if s.kind == "instruct" and t.vocab_size is not None:
