@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 from codelm.errors import DataError
 
@@ -41,20 +41,30 @@ def iter_jsonl(path: str | Path, what: str = "it") -> Iterator[tuple[int, dict]]
             yield lineno, row
 
 
-def atomic_write(path: str | Path, text: str) -> None:
-    """Write text to path all at once or not at all (parent folders are created)."""
+def atomic_write_stream(path: str | Path, write: Callable[[IO], object], binary: bool = False) -> None:
+    """Call write(f) on a temp file beside path, then put it in place: all of it or nothing (parent
+    folders are created; a failure removes the temp file and propagates)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write(path: str | Path, text: str) -> None:
+    """Write text to path all at once or not at all (parent folders are created)."""
+    atomic_write_stream(path, lambda f: f.write(text))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write_stream(path, lambda f: f.write(data), binary=True)
 
 
 def write_json(path: str | Path, obj) -> None:

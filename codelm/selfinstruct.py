@@ -192,12 +192,6 @@ class SelfInstructConfig:
 
 
 # ----------------------------------------------------------------------------- helpers
-_write_jsonl = write_jsonl
-
-
-_write_json = write_json
-
-
 def _qid(question: str) -> str:
     return hashlib.sha256(question.encode("utf-8")).hexdigest()[:12]
 
@@ -252,7 +246,7 @@ def stage_questions(cfg: SelfInstructConfig, backend, out: Path) -> tuple[list[d
                          "prompt": prompt, "prompt_index": i, "seed": req.seed if req else None, **samp})
     if cfg.max_questions is not None:
         rows = rows[:cfg.max_questions]
-    _write_jsonl(out / "questions.jsonl", rows)
+    write_jsonl(out / "questions.jsonl", rows)
     return rows, {"prompts": len(items), "generated": generated, "duplicates": duplicates, "unique": len(seen),
                   "kept": len(rows), "from_cache": stats.from_cache if stats else 0}
 
@@ -270,7 +264,7 @@ def stage_tests(cfg: SelfInstructConfig, backend, out: Path, questions: list[dic
         with_tests += bool(tests)
         rows.append({"id": q["id"], "question": q["question"], "tests": tests, "raw": comp.text,
                      "model": backend.identity(), "prompt": req.prompt, "seed": req.seed, **samp})
-    _write_jsonl(out / "tests.jsonl", rows)
+    write_jsonl(out / "tests.jsonl", rows)
     return rows, {"questions": len(questions), "with_tests": with_tests, "tests_parsed": parsed,
                   "from_cache": stats.from_cache}
 
@@ -296,7 +290,7 @@ def stage_solutions(cfg: SelfInstructConfig, backend, out: Path, tests: list[dic
         tagged += code is not None
         rows.append({"id": t["id"], "attempt": j, "shown_test": shown, "code": code, "raw": comp.text,
                      "model": backend.identity(), "prompt": req.prompt, "seed": req.seed, **samp})
-    _write_jsonl(out / "solutions.jsonl", rows)
+    write_jsonl(out / "solutions.jsonl", rows)
     return rows, {"generated": len(rows), "tagged_programs": tagged, "from_cache": stats.from_cache}
 
 
@@ -317,7 +311,7 @@ def stage_execute(cfg: SelfInstructConfig, out: Path, tests: list[dict], solutio
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # the torn last line of a killed run
     # Rewritten without a torn line, so that what is appended next starts on a line of its own.
-    _write_jsonl(journal_path, done.values())
+    write_jsonl(journal_path, done.values())
     by_question: dict[str, list[dict]] = {}
     for s in solutions:
         by_question.setdefault(s["id"], []).append(s)
@@ -383,7 +377,7 @@ def stage_execute(cfg: SelfInstructConfig, out: Path, tests: list[dict], solutio
                      "attempt": s["attempt"], "shown_test": s["shown_test"], "test_results": v["test_results"],
                      "provenance": {"tests": {"model": t["model"], "prompt": t["prompt"], "seed": t["seed"]},
                                     "solution": {"model": s["model"], "prompt": s["prompt"], "seed": s["seed"]}}})
-    _write_jsonl(out / "selfinstruct.jsonl", rows)
+    write_jsonl(out / "selfinstruct.jsonl", rows)
     stats.update(questions=len(by_question), kept=len(rows), sandbox=sandbox_mode)
     return rows, stats
 
@@ -450,21 +444,21 @@ def run_selfinstruct(cfg: SelfInstructConfig, backends: dict | None = None) -> d
                               f"({run['backends'][stage]}); use another --out folder")
         run["backends"][stage] = identity
     run["state"] = "running"
-    _write_json(out / "run.json", run)
+    write_json(out / "run.json", run)
 
     summary = {}
     questions, summary["questions"] = stage_questions(cfg, backends["questions"], out)
     tests, summary["tests"] = stage_tests(cfg, backends["tests"], out, questions)
     solutions, summary["solutions"] = stage_solutions(cfg, backends["solutions"], out, tests)
     kept, summary["execution"] = stage_execute(cfg, out, tests, solutions)
-    _write_jsonl(out / "dialogs.jsonl", [to_dialog(t) for t in kept])
+    write_jsonl(out / "dialogs.jsonl", [to_dialog(t) for t in kept])
     n_q = summary["questions"]["kept"]
     summary["yield"] = {"questions": n_q, "with_tests": summary["tests"]["with_tests"],
                         "with_a_tagged_solution": len({s["id"] for s in solutions if s["code"] is not None}),
                         "kept": len(kept), "kept_per_question": round(len(kept) / n_q, 4) if n_q else 0.0}
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     run["state"] = "done"
-    _write_json(out / "run.json", run)
+    write_json(out / "run.json", run)
     return summary
 
 

@@ -33,15 +33,14 @@ or a prompt builder).
 from __future__ import annotations
 
 import json
-import os
 import re
 import sysconfig
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 from codelm.errors import ConfigError, DataError, TokenizerError
+from codelm.files import atomic_write_bytes
 
 # Our byte-level BPE reserves these, in this order, at ids 0..7.
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<PRE>", "<SUF>", "<MID>", "<EOT>")
@@ -289,12 +288,12 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.kind == "sentencepiece":
-            _write_atomic(directory / "tokenizer.model", self._payload)
+            atomic_write_bytes(directory / "tokenizer.model", self._payload)
             json_text = _sentencepiece_to_tokenizer_json(self._sp_proto, self.bos_id)
             if json_text is not None:
-                _write_atomic(directory / "tokenizer.json", json_text.encode("utf-8"))
+                atomic_write_bytes(directory / "tokenizer.json", json_text.encode("utf-8"))
         else:
-            _write_atomic(directory / "tokenizer.json", self._hf.to_str(pretty=True).encode("utf-8"))
+            atomic_write_bytes(directory / "tokenizer.json", self._hf.to_str(pretty=True).encode("utf-8"))
             stale = directory / "tokenizer.model"
             if stale.exists():
                 stale.unlink()
@@ -315,8 +314,8 @@ class Tokenizer:
         for role in _FIM_ROLES:  # the names CodeLlamaTokenizer uses; our loader reads them back
             if role in special:
                 config[_CONFIG_KEYS[role]] = special[role]
-        _write_atomic(directory / "tokenizer_config.json", _json_bytes(config))
-        _write_atomic(directory / "special_tokens_map.json", _json_bytes(special_map))
+        atomic_write_bytes(directory / "tokenizer_config.json", _json_bytes(config))
+        atomic_write_bytes(directory / "special_tokens_map.json", _json_bytes(special_map))
 
     def _special_token_strings(self) -> dict[str, str]:
         return {role: self.id_to_piece(getattr(self, f"{role}_id"))
@@ -600,20 +599,6 @@ def _read_bytes(path: Path) -> bytes:
 
 def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _first_line(e: Exception) -> str:

@@ -41,7 +41,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from codelm.files import iter_jsonl
+from codelm.files import atomic_write_stream, iter_jsonl
 from codelm.errors import ConfigError, DataError
 
 # ----------------------------------------------------------------- languages
@@ -432,16 +432,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def split_of(path: str, seed: int, valid_fraction: float) -> str:
     """'valid' or 'train', from a hash of the path: stable when files are added or removed."""
     h = int.from_bytes(hashlib.sha256(f"{seed}:{path}".encode()).digest()[:8], "big") / 2**64
@@ -497,10 +487,10 @@ def build_corpus(out: str | Path, sources: list[str] | None = None, data_dir: st
     old_state = json.loads(state_path.read_text()) if state_path.exists() else None
     if old_state != state:
         scan_path.unlink(missing_ok=True)
-        _write_atomic(state_path, lambda f: json.dump(state, f, indent=1))
+        atomic_write_stream(state_path, lambda f: json.dump(state, f, indent=1))
     done = {r["path"]: r for r in _read_jsonl(scan_path)}
     # Rewrite what was read, so a line torn by a kill does not swallow the next record appended.
-    _write_atomic(scan_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in done.values()))
+    atomic_write_stream(scan_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in done.values()))
 
     todo = [(p, f) for p, f in files if p not in done]
     with open(scan_path, "a", encoding="utf-8") as log:
@@ -572,16 +562,16 @@ def build_corpus(out: str | Path, sources: list[str] | None = None, data_dir: st
                 lang = report.languages.setdefault(rec["language"], {"files": 0, "bytes": 0})
                 lang["files"] += 1
                 lang["bytes"] += b
-        _write_atomic(out / f"{name}.jsonl", write)
+        atomic_write_stream(out / f"{name}.jsonl", write)
 
     write_split("train")
     write_split("valid")
     report.files_kept = report.train_files + report.valid_files
     report.bytes_kept = report.train_bytes + report.valid_bytes
     report.seconds = round(time.time() - t0, 1)
-    _write_atomic(out / "removed.jsonl", lambda f: f.writelines(json.dumps(r) + "\n" for r in removed))
-    _write_atomic(out / "report.json", lambda f: json.dump(asdict(report), f, indent=1))
-    _write_atomic(out / "report.md", lambda f: f.write(report_markdown(report)))
+    atomic_write_stream(out / "removed.jsonl", lambda f: f.writelines(json.dumps(r) + "\n" for r in removed))
+    atomic_write_stream(out / "report.json", lambda f: json.dump(asdict(report), f, indent=1))
+    atomic_write_stream(out / "report.md", lambda f: f.write(report_markdown(report)))
     return report
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from codelm.data.packing import IGNORE_INDEX, MixedStream, make_batch, token_dtype, tokenizer_fingerprint
-from codelm.files import iter_jsonl
+from codelm.files import atomic_write_bytes, iter_jsonl
 from codelm.errors import ConfigError, DataError
 from codelm.generate.prompts import B_INST, B_SYS, E_INST, E_SYS, ChatFormatError, check_dialog
 
@@ -117,11 +116,7 @@ def dialog_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool
         prompt = f"{B_INST} {user['content'].strip()} {E_INST}"
         full = tokenizer.encode(f"{prompt} {answer['content'].strip()} ", bos=True, eos=True)
         head = tokenizer.encode(prompt, bos=True)
-        # The prompt's tokens usually begin the exchange's tokens; where a merge crosses the seam,
-        # the answer starts at the first token that differs.
-        n = 0
-        while n < min(len(head), len(full) - 1) and head[n] == full[n]:
-            n += 1
+        n = _answer_start(head, full)
         ids += full
         mask += [False] * n + [True] * (len(full) - n)
     return ids, mask
@@ -133,11 +128,18 @@ def completion_tokens(tokenizer, prompt: str, completion: str) -> tuple[list[int
     if not completion:
         raise ChatFormatError("the completion is empty: nothing to train")
     full = tokenizer.encode(prompt + completion, bos=True)
-    head = tokenizer.encode(prompt, bos=True)
+    n = _answer_start(tokenizer.encode(prompt, bos=True), full)
+    return full, [False] * n + [True] * (len(full) - n)
+
+
+def _answer_start(head: list[int], full: list[int]) -> int:
+    """Where the answer begins in full = encode(prompt + answer), given head = encode(prompt). The
+    prompt's tokens usually begin full; where a merge crosses the seam, the answer starts at the
+    first token that differs (always leaving at least one token to train)."""
     n = 0
     while n < min(len(head), len(full) - 1) and head[n] == full[n]:
         n += 1
-    return full, [False] * n + [True] * (len(full) - n)
+    return n
 
 
 def read_examples(path: str | Path, tokenizer):
@@ -204,12 +206,6 @@ class InstructFileMeta:
     pad_tokens: int = 0
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def build_instruct_file(source: str | Path, tokenizer, path: str | Path, seq_len: int,
                         settings: dict | None = None) -> InstructFileMeta:
     """Tokenize and pack the dialogs of a JSONL file into an instruct token file (reused when current)."""
@@ -238,9 +234,9 @@ def build_instruct_file(source: str | Path, tokenizer, path: str | Path, seq_len
         raise DataError(f"{source}: no dialog fits a row of {seq_len + 1} tokens ({meta.too_long} too long)")
     meta.n_sequences = len(ids) // (seq_len + 1)
     meta.pad_tokens = packer.pad_tokens
-    _write_atomic(path, ids.astype(dtype).tobytes())
-    _write_atomic(mask_path, mask.tobytes())
-    _write_atomic(meta_path, json.dumps(asdict(meta), indent=1).encode())
+    atomic_write_bytes(path, ids.astype(dtype).tobytes())
+    atomic_write_bytes(mask_path, mask.tobytes())
+    atomic_write_bytes(meta_path, json.dumps(asdict(meta), indent=1).encode())
     return meta
 
 
@@ -301,12 +297,13 @@ class MaskedMixedStream(MixedStream):
         self.loss_weights = list(loss_weights) if loss_weights is not None else [1.0] * len(files)
         if len(self.loss_weights) != len(files) or not all(w > 0 for w in self.loss_weights):
             raise ConfigError(f"data: loss weights must be positive, one per source, got {loss_weights}")
+        self._uniform = all(w == 1.0 for w in self.loss_weights)
 
     def row_weights(self, picks):
         """[B] loss weights of the picked rows, or None when every source weighs 1."""
         import torch
 
-        if all(w == 1.0 for w in self.loss_weights):
+        if self._uniform:
             return None
         return torch.tensor([self.loss_weights[s] for s, _ in picks], dtype=torch.float32)
 

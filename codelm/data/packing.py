@@ -179,9 +179,6 @@ def _meta_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-_write_json_atomic = write_json
-
-
 def build_token_file(texts: Iterable[str], tokenizer, path: str | Path, seq_len: int,
                      fim: FimSettings | None = None, max_document_chars: int | None = None,
                      settings: dict | None = None, show_progress: bool = True,
@@ -230,7 +227,7 @@ def build_token_file(texts: Iterable[str], tokenizer, path: str | Path, seq_len:
 
     def save_progress():
         meta.pad_tokens = packer.pad_tokens
-        _write_json_atomic(progress_path, {"meta": asdict(meta), "docs_done": docs_done,
+        write_json(progress_path, {"meta": asdict(meta), "docs_done": docs_done,
                                            "packer": packer.state()})
 
     bar = tqdm(desc=desc, unit="doc", disable=not show_progress, initial=docs_done)
@@ -269,7 +266,7 @@ def build_token_file(texts: Iterable[str], tokenizer, path: str | Path, seq_len:
     meta.n_sequences = (meta.n_tokens - 1) // seq_len
     meta.complete = True
     os.replace(partial, path)
-    _write_json_atomic(meta_path, asdict(meta))
+    write_json(meta_path, asdict(meta))
     progress_path.unlink(missing_ok=True)
     return meta
 

@@ -81,9 +81,6 @@ def _settings(cfg: EvalConfig, protocol, dec: dict) -> dict:
             "spm": protocol.spm, **dec}
 
 
-_write_json = write_json
-
-
 def _open_run(out: Path, cfg: EvalConfig, settings: dict) -> dict:
     run_path = out / "run.json"
     if run_path.exists():
@@ -158,7 +155,7 @@ def run_eval(cfg: EvalConfig, backend=None) -> dict:
     if run.get("backend") not in (None, identity):
         raise CodelmError(f"{out / 'run.json'}: --resume with another backend or model (was {run['backend']})")
     run.update(backend=identity, state="generating", tasks=len(tasks))
-    _write_json(out / "run.json", run)
+    write_json(out / "run.json", run)
 
     items = build_requests(tasks, protocol, dec, cfg.chat)
     cache = GenerationCache(out / "generations.jsonl", {"backend": identity, "settings": settings}).open()
@@ -170,7 +167,7 @@ def run_eval(cfg: EvalConfig, backend=None) -> dict:
     timing["generation_s"] = round(timing.get("generation_s", 0.0) + stats.seconds, 3)
     timing["generated_tokens"] = timing.get("generated_tokens", 0) + stats.tokens
     run.update(state="scoring", generated_this_session=stats.generated, reused_from_cache=stats.from_cache)
-    _write_json(out / "run.json", run)
+    write_json(out / "run.json", run)
 
     owners = [t for t in tasks for _ in range(dec["n"])]  # the task of each item, in build_requests' order
     rows = [to_sample(protocol, task, c.text, j, cfg.chat) for task, (_, j), c in zip(owners, items, completions)]
@@ -207,7 +204,7 @@ def run_eval(cfg: EvalConfig, backend=None) -> dict:
                               workers=cfg.workers, sandbox=cfg.sandbox, ks=ks, progress=cfg.progress)
     timing["scoring_s"] = round(time.monotonic() - started, 3)
     run.update(state="done", summary={k: v for k, v in summary.items() if k.startswith("pass@")})
-    _write_json(out / "run.json", run)
+    write_json(out / "run.json", run)
     report_mod.write_report(out)
     return summary
 

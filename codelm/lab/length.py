@@ -90,9 +90,6 @@ class LabSettings:
 
 
 # ------------------------------------------------------------------ helpers
-_write_json, _write_text = write_json, atomic_write
-
-
 def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -165,7 +162,7 @@ def prepare_corpus(s: LabSettings) -> Path:
                         f"({len(rows['train'])} training, {len(rows['valid'])} held out)")
     corpus.mkdir(parents=True, exist_ok=True)
     for split in ("valid", "train"):
-        _write_text(corpus / f"{split}.jsonl", "".join(rows[split]))
+        atomic_write(corpus / f"{split}.jsonl", "".join(rows[split]))
     return corpus
 
 
@@ -184,7 +181,7 @@ def trimmed_training_text(corpus: Path, dest: Path, max_chars: int) -> Path:
                 break
             rows.append(json.dumps({"text": rec["text"]}) + "\n")
             used += len(rec["text"])
-        _write_text(dest / f"{split}.jsonl", "".join(rows))
+        atomic_write(dest / f"{split}.jsonl", "".join(rows))
     return dest
 
 
@@ -237,7 +234,7 @@ def write_drills(tokenizer, code_dir: Path, dest: Path, seq_len: int, n: int, se
         prompt = tokenizer.decode(fill[:before] + key + fill[before:] + question)
         rows.append(json.dumps({"prompt": prompt, "completion": f"{value}\n"}) + "\n")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _write_text(dest, "".join(rows))
+    atomic_write(dest, "".join(rows))
     return dest
 
 
@@ -442,7 +439,7 @@ def run_lab(s: LabSettings) -> dict:
                 ev = evaluate_model(_load_model(path, m.inference), tokenizer, data, s, seed, m.name)
                 got = {"key": settings_key, "method": m.name, "seed": seed, "model": str(path),
                        "eval_seconds": round(time.time() - t0, 1), **ev}
-                _write_json(cache, got)
+                write_json(cache, got)
             results[m.name][seed] = got
             timings["eval_s"] = timings.get("eval_s", 0.0) + time.time() - t0
 
@@ -450,11 +447,11 @@ def run_lab(s: LabSettings) -> dict:
     summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     summary["compute_s"] = compute_seconds(s.out, results)
     summary["seconds"] = round(time.time() - t_start, 1)
-    _write_json(s.out / "results.json", summary)
+    write_json(s.out / "results.json", summary)
     table = table_markdown(summary)
-    _write_text(s.out / "table.md", table)
+    atomic_write(s.out / "table.md", table)
     plot_all(summary, s.out)
-    _write_text(s.out / "README.md", explanation(summary, table))
+    atomic_write(s.out / "README.md", explanation(summary, table))
     say(table)
     say(f"lab length: done in {summary['seconds'] / 60:.1f} min; see {s.out / 'README.md'}")
     return summary
@@ -896,7 +893,7 @@ def demo_lcft_step(final_dir: str | Path, corpus_dir: str | Path, out: str | Pat
     result = {"trained_length": L, "lcft_length": factor * L, "steps": recipe.train.max_steps,
               "tokens": recipe.train.max_steps * recipe.train.batch_tokens, "model": str(final),
               "perplexity": {k: {str(n): v["ppl"] for n, v in c.items()} for k, c in curves.items()}}
-    _write_json(out / "lcft.json", result)
+    write_json(out / "lcft.json", result)
     return result
 
 

@@ -1,0 +1,37 @@
+"""codelm/files.py: atomic writes (all or nothing, errors propagate, no temp file left) and JSONL reading."""
+import pytest
+
+from codelm.errors import DataError
+from codelm.files import atomic_write, atomic_write_bytes, atomic_write_stream, iter_jsonl
+
+
+def test_atomic_writes_replace_whole_files_and_leave_no_temp_files(tmp_path):
+    target = tmp_path / "sub" / "a.txt"
+    atomic_write(target, "héllo\n")
+    assert target.read_text(encoding="utf-8") == "héllo\n"
+    atomic_write_bytes(target, b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+    atomic_write_stream(target, lambda f: f.writelines(["a\n", "b\n"]))
+    assert target.read_text() == "a\nb\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.txt"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_raises(tmp_path):
+    target = tmp_path / "keep.json"
+    atomic_write(target, "old")
+
+    def half_then_fail(f):
+        f.write("new, half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_stream(target, half_then_fail)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.json"]
+
+
+def test_iter_jsonl_names_the_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'{"a": 1}\n\n[1]\n')
+    with pytest.raises(DataError, match=r"x\.jsonl:3: expected a JSON object, got list"):
+        list(iter_jsonl(p))
