@@ -351,3 +351,24 @@ def test_fim_training_on_a_repetitive_corpus_infills_held_out_instances(tmp_path
     right_bodies = sum(g == f"\n    return a {OPS[o][1]} b" for g, (_, o) in zip(got_bodies, cases))
     right_verbs = sum(g == OPS[o][0] for g, (_, o) in zip(got_verbs, cases))
     assert right_bodies >= 6 and right_verbs >= 6, (got_bodies, got_verbs)
+
+
+def test_loss_weight_through_the_loop(tmp_path, corpus, tokenizer_dir):
+    """The same loss_weight on every source is the plain token mean again (the weighted path, same curves);
+    a weighted prompt/completion source changes the training loss, which is then the weighted mean."""
+    plain = train(_recipe(tmp_path / "a", corpus, tokenizer_dir, train={"max_steps": 4}), show_progress=False)
+    uniform = train(_recipe(tmp_path / "b", corpus, tokenizer_dir, train={"max_steps": 4},
+                            data={"sources": [{"path": str(corpus), "name": "code", "loss_weight": 3.0}]}),
+                    show_progress=False)
+    _assert_same_curves(plain.run_dir, uniform.run_dir, tol=1e-5)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"x = {i}\nassert x == ", "completion": f"{i}\n"}) + "\n"
+                             for i in range(200)))
+    runs = []
+    for w in (1.0, 50.0):
+        sources = [{"path": str(corpus), "name": "code"},
+                   {"path": str(pairs), "name": "pairs", "kind": "instruct", "loss_weight": w}]
+        runs.append(train(_recipe(tmp_path / f"w{w}", corpus, tokenizer_dir, train={"max_steps": 4},
+                                  data={"sources": sources}), show_progress=False))
+    first = [_losses(r.run_dir)[0][0][1] for r in runs]
+    assert all(math.isfinite(x) for x in first) and abs(first[0] - first[1]) > 1e-3
