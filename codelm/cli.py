@@ -263,12 +263,15 @@ def _add_lab(sub):
     ln.add_argument("--quick", action="store_true", help="tiny sizes, one seed: a first look in a few minutes")
     ln.add_argument("--seeds", type=int, default=None, help="seeds (default 3; 1 with --quick)")
     ln.add_argument("--seq-len", type=int, default=None, help="the training length L (default: the recipe's)")
-    ln.add_argument("--lcft-factor", type=int, default=None, help="fine-tune at this multiple of L (default 4)")
+    ln.add_argument("--lcft-factor", type=int, default=None, help="fine-tune at this multiple of L (default 8; 4 with --quick)")
     ln.add_argument("--retrieval-examples", type=int, default=None, help="key-retrieval prompts per cell and seed")
     ln.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens scored at every length")
-    ln.add_argument("--drill-weight", type=float, default=None, help="share of retrieval drills in training")
+    ln.add_argument("--drill-weight", type=float, default=None, help="share of retrieval drills in pretraining")
     ln.add_argument("--drill-loss-weight", type=float, default=None,
-                    help="how many code tokens one drill answer token counts in the loss")
+                    help="how many code tokens one drill answer token counts in the pretraining loss")
+    ln.add_argument("--lcft-drill-weight", type=float, default=None, help="share of retrieval drills in the fine-tunes (default 0)")
+    ln.add_argument("--lcft-drill-loss-weight", type=float, default=None,
+                    help="how many code tokens one drill answer token counts in the fine-tunes' loss")
     ln.add_argument("--train-chars", type=int, default=None, help="training text kept from the corpus")
     ln.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override the pretraining recipe (recipes/lab-length.toml), e.g. train.max_steps=600")

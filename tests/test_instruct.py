@@ -6,7 +6,7 @@ import pytest
 from helpers import make_tiny_bpe, make_tiny_sentencepiece
 
 from codelm.data.instruct import (DialogPacker, InstructFile, MaskedMixedStream, batch_of, build_instruct_file,
-                                  dialog_tokens, extract_tagged, parse_tests, tagged_program)
+                                  completion_tokens, dialog_tokens, extract_tagged, parse_tests, tagged_program)
 from codelm.data.packing import IGNORE_INDEX
 from codelm.errors import ConfigError, DataError
 from codelm.generate.prompts import ChatFormatError, chat_tokens
@@ -97,7 +97,7 @@ def test_packing_keeps_each_dialog_whole_in_one_row(tmp_path):
     x, y = batch_of(f, list(range(f.n_sequences)))
     assert x.shape == y.shape == (f.n_sequences, 63)
     trained = int((y != IGNORE_INDEX).sum())
-    assert trained == meta.target_tokens - sum(1 for k in range(f.n_sequences) if f.mask[k * 64])
+    assert trained == meta.target_tokens - sum(1 for k in range(f.n_sequences) if f.mask[k * 64] == 1)
     assert all(tok.bos_id not in row[row != IGNORE_INDEX].tolist() for row in y)
     # Rebuilt only when something changes.
     again = build_instruct_file(src, tok, tmp_path / "out" / "d.train.bin", seq_len=63)
@@ -106,10 +106,12 @@ def test_packing_keeps_each_dialog_whole_in_one_row(tmp_path):
 
 def test_packer_pads_instead_of_splitting():
     p = DialogPacker(row_len=10, pad_id=0)
-    assert p.add([1] * 6, [True] * 6) and p.add([2] * 6, [True] * 6) and not p.add([3] * 11, [True] * 11)
+    assert p.add([1] * 6, [False, True] * 3) and p.add([2] * 6, [True] * 6) and not p.add([3] * 11, [True] * 11)
     ids, mask = p.finish()
     assert ids.tolist() == [1] * 6 + [0] * 4 + [2] * 6 + [0] * 4
-    assert mask.tolist() == [1] * 6 + [0] * 4 + [1] * 6 + [0] * 4
+    # 1: an answer's token, 2: the rest of an example (trained only with a prompt_loss_weight), 0: padding
+    # and the example's first token (its BOS: nothing before it predicts it).
+    assert mask.tolist() == [0, 1] + [2, 1] * 2 + [0] * 4 + [1] * 6 + [0] * 4
 
 
 def test_bad_instruct_file_names_the_line(tmp_path):
@@ -272,7 +274,7 @@ def test_loss_weight_counts_each_target_of_a_source_that_many_times(tmp_path):
     import torch.nn.functional as F
 
     from codelm.data.packing import TokenFile, build_token_file
-    from codelm.train.loop import _cross_entropy_sum, target_weights
+    from codelm.train.loop import _cross_entropy_sum
 
     tok = make_tiny_bpe()
     src = tmp_path / "p.jsonl"
@@ -281,12 +283,13 @@ def test_loss_weight_counts_each_target_of_a_source_that_many_times(tmp_path):
     build_instruct_file(src, tok, tmp_path / "d.bin", 31)
     build_token_file(["def f():\n    return 1\n" * 20] * 30, tok, tmp_path / "code.bin", 31, show_progress=False)
     files = [InstructFile(tmp_path / "d.bin"), TokenFile(tmp_path / "code.bin")]
-    assert MaskedMixedStream(files, [0.5, 0.5], seed=3).row_weights([(0, 0), (1, 0)]) is None
+    plain = MaskedMixedStream(files, [0.5, 0.5], seed=3)
+    assert plain.target_weights([(0, 0), (1, 0)], plain.fetch([(0, 0), (1, 0)])[1]) is None
     stream = MaskedMixedStream(files, [0.5, 0.5], seed=3, loss_weights=[25.0, 1.0])
     picks = stream.draw(16)
     assert {s for s, _ in picks} == {0, 1}
     x, y = stream.fetch(picks)
-    w = target_weights(y, stream.row_weights(picks))
+    w = stream.target_weights(picks, y)
     assert w.tolist() == [[(25.0 if s == 0 else 1.0) * float(t != IGNORE_INDEX) for t in row]
                           for (s, _), row in zip(picks, y.tolist())]
     torch.manual_seed(0)
@@ -307,3 +310,60 @@ def test_loss_weight_counts_each_target_of_a_source_that_many_times(tmp_path):
         assert torch.allclose(mine.grad, fresh.grad, atol=1e-6)
     with pytest.raises(ConfigError, match="loss weights must be positive"):
         MaskedMixedStream(files, [0.5, 0.5], seed=3, loss_weights=[0.0, 1.0])
+
+
+def test_prompt_loss_weight_trains_the_prompt_too(tmp_path):
+    """A source's prompt_loss_weight p: every token of its examples becomes a target (BOS and padding
+    never), the answer's weighted loss_weight, the rest p; p = 0 is answers only."""
+    import torch
+
+    from codelm.data.packing import TokenFile, build_token_file
+
+    tok = make_tiny_bpe()
+    src = tmp_path / "p.jsonl"
+    pairs = [(f"def f():\n    return {i}\n\nassert f() == ", f"{i}\n") for i in range(12)]
+    src.write_text("".join(json.dumps({"prompt": a, "completion": b}) + "\n" for a, b in pairs))
+    meta = build_instruct_file(src, tok, tmp_path / "d.bin", 47)
+    build_token_file(["x = 1\n" * 200] * 4, tok, tmp_path / "code.bin", 47, show_progress=False)
+    files = [InstructFile(tmp_path / "d.bin"), TokenFile(tmp_path / "code.bin")]
+    f = files[0]
+    # Context: every token but the answer and the BOS.
+    assert meta.context_tokens == sum(len(completion_tokens(tok, a, b)[0]) - 1 for a, b in pairs) - meta.target_tokens
+    answers = MaskedMixedStream(files, [1.0, 0.0], seed=0, loss_weights=[30.0, 1.0])
+    both = MaskedMixedStream(files, [1.0, 0.0], seed=0, loss_weights=[30.0, 1.0], prompt_loss_weights=[0.5, 0.0])
+    picks = [(0, k) for k in range(f.n_sequences)] + [(1, 0)]
+    _, y0 = answers.fetch(picks)
+    x, y1 = both.fetch(picks)
+    for r, (s, k) in enumerate(picks[:-1]):
+        seq = f.sequence(k)
+        # With the prompt: every target that is not padding or an example's BOS.
+        real = np.asarray(f.mask[k * 48 + 1:(k + 1) * 48]) != 0
+        assert y1[r].tolist() == np.where(real, seq[1:], IGNORE_INDEX).tolist()
+        assert tok.bos_id not in y1[r][y1[r] != IGNORE_INDEX].tolist()
+        # Without: the answers only, which are a part of it.
+        assert set(torch.nonzero(y0[r] != IGNORE_INDEX).flatten().tolist()) < \
+            set(torch.nonzero(y1[r] != IGNORE_INDEX).flatten().tolist())
+        w = both.target_weights(picks, y1)[r]
+        assert w[(y0[r] != IGNORE_INDEX)].eq(30.0).all()
+        assert w[(y1[r] != IGNORE_INDEX) & (y0[r] == IGNORE_INDEX)].eq(0.5).all()
+        assert w[y1[r] == IGNORE_INDEX].eq(0.0).all()
+    assert both.target_weights(picks, y1)[-1].eq(1.0).all()  # a text row: its source's loss_weight
+    # A prompt weight of 1 and answer weight of 1: every target counts once, no weights needed.
+    assert MaskedMixedStream(files, [1.0, 0.0], seed=0, prompt_loss_weights=[1.0, 0.0]).target_weights(picks, y1) is None
+    with pytest.raises(ConfigError, match="prompt loss weights must be 0 or more"):
+        MaskedMixedStream(files, [0.5, 0.5], seed=3, prompt_loss_weights=[-1.0, 0.0])
+
+
+def test_prompt_loss_weight_is_checked_in_the_recipe(tmp_path):
+    from codelm.train.recipe import recipe_from_dict
+
+    base = {"model": {"preset": "tiny"}, "tokenizer": {"path": "tok"},
+            "data": {"sources": [{"path": "d.jsonl", "prompt_loss_weight": 1.0}], "seq_len": 64},
+            "train": {"batch_tokens": 512}}
+    with pytest.raises(ConfigError, match=r"data.sources\[0\].prompt_loss_weight .* for instruct sources only"):
+        recipe_from_dict(base, "r.toml")
+    base["data"]["sources"][0].update(kind="instruct", prompt_loss_weight=-0.5)
+    with pytest.raises(ConfigError, match=r"data.sources\[0\].prompt_loss_weight must be 0 or more"):
+        recipe_from_dict(base, "r.toml")
+    base["data"]["sources"][0]["prompt_loss_weight"] = 0.5
+    assert recipe_from_dict(base, "r.toml").data.sources[0].prompt_loss_weight == 0.5

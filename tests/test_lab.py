@@ -1,5 +1,6 @@
 """`codelm lab length`: recipes, reporting, and a fast run that must show train short / test long."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +24,19 @@ def test_lcft_recipes_carry_the_papers_values():
     # LCFT with at most 2% of the demo's pretraining tokens (recipes/demo.toml: 600 x 4096).
     assert demo.train.max_steps * demo.train.batch_tokens <= 0.02 * 600 * 4096
     pre, ft = load_recipe(ROOT / "recipes" / "lab-length.toml"), load_recipe(ROOT / "recipes" / "lcft-lab.toml")
-    assert ft.data.seq_len == 4 * pre.data.seq_len
+    assert ft.data.seq_len == 8 * pre.data.seq_len
     assert ft.train.max_steps * ft.train.batch_tokens <= 0.02 * pre.train.max_steps * pre.train.batch_tokens
 
 
 def _plan(tmp_path, L=64):
     pre, _ = lab._load_raw_recipe(lab.PRETRAIN_RECIPE)
     ft, _ = lab._load_raw_recipe(lab.LCFT_RECIPE)
-    return lab.Plan(L, pre, ft, tmp_path / "code", tmp_path / "drills.jsonl", tmp_path / "tok")
+    return lab.Plan(L, pre, ft, tmp_path / "code", tmp_path / "drills.jsonl", tmp_path / "drills-long.jsonl",
+                    tmp_path / "tok")
 
 
 def test_each_method_gets_its_own_fine_tune(tmp_path):
-    s = lab.LabSettings(out=tmp_path, overrides=["data.seq_len=64", "model.config.n_heads=2"])
+    s = lab.LabSettings(out=tmp_path, overrides=["data.seq_len=64", "model.config.n_heads=2"], lcft_factor=4)
     plan = _plan(tmp_path)
     by = {m.name: m for m in lab.methods(4)}
     base = tmp_path / "runs" / "seed0" / "rope" / "final"
@@ -51,6 +53,15 @@ def test_each_method_gets_its_own_fine_tune(tmp_path):
     assert alibi.model.config["max_seq_len"] == 64
     assert [x.kind for x in alibi.data.sources] == ["text", "instruct"]
     assert [x.name for x in alibi.data.sources] == ["code", "drills"]
+    # Pretraining drills: at most L tokens, answer only. The fine-tunes' drills: at their length, code trained too.
+    drills = alibi.data.sources[1]
+    assert drills.path == str(plan.drills) and drills.prompt_loss_weight == 0.0
+    assert drills.loss_weight == s.drill_loss_weight and drills.weight == s.drill_weight
+    assert [x.name for x in ours.data.sources] == ["code"]      # by default the fine-tunes read code only
+    s.lcft_drill_weight = 0.5
+    long = lab.lcft_recipe(s, plan, 0, by["lcft-1e6"], base).data.sources[1]
+    assert long.path == str(plan.lcft_drills) and long.prompt_loss_weight == 1.0
+    assert long.loss_weight == s.lcft_drill_loss_weight and long.weight == 0.5
     bad = lab.LabSettings(out=tmp_path, overrides=["train.lr_max=1"])
     with pytest.raises(ConfigError, match="lr_max"):
         lab.pretrain_recipe(bad, plan, 0, "rope")
@@ -116,6 +127,8 @@ def test_summary_table_plots_and_notes(tmp_path):
     notes = lab.explanation(summary, table)
     assert notes.startswith("# Train short, test long") and "nan" not in notes
     assert "at 2L" in notes and "In the position sweep at 8L, ALiBi answers" in notes
+    summary["lcft_length"] = 8 * L                  # fine-tunes at 8L: each length is named once per curve
+    assert not re.search(r"at 8L, [0-9.]+ at 8L", lab.explanation(summary, table))
 
 
 def test_rope_decay_bound_decays_more_slowly_with_a_larger_base():
@@ -193,3 +206,19 @@ def test_demo_lcft_step_fine_tunes_and_plots(tmp_path):
     assert (tmp_path / "out" / "ppl_by_length.png").read_bytes()[:4] == b"\x89PNG"
     after = load(got["model"])
     assert after.config.rope_theta == 1e6 and after.config.max_seq_len == 64
+
+
+def test_a_moved_lab_folder_still_reuses_its_runs():
+    def recipe(root, drill_weight=0.5):
+        return {"run": {"out_dir": f"{root}/runs/seed0/lcft-1e6", "seed": 0},
+                "model": {"init_from": f"{root}/runs/seed0/rope/final", "config": {"rope_theta": 1e6}},
+                "data": {"seq_len": 1024, "sources": [
+                    {"path": f"{root}/data/code", "weight": 1 - drill_weight},
+                    {"path": f"{root}/data/retrieval-drills-1024.jsonl", "weight": drill_weight, "loss_weight": 1000.0}]},
+                "train": {"max_steps": 48, "batch_tokens": 1024, "lr": 1e-3, "warmup_steps": 1}}
+
+    assert lab._essentials(recipe("/tmp/a")) == lab._essentials(recipe("/home/u/labs/b"))
+    assert lab._essentials(recipe("/tmp/a")) != lab._essentials(recipe("/tmp/a", drill_weight=0.25))
+    moved_data = recipe("/tmp/a")
+    moved_data["data"]["sources"][0]["path"] = "/elsewhere/code"
+    assert lab._essentials(recipe("/tmp/a")) != lab._essentials(moved_data)

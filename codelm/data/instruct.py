@@ -15,10 +15,15 @@ rows: dialogs are placed in order, and one that does not fit what is left of a r
 row, the gap padded (pad targets carry no loss). A dialog longer than a row is left out and counted.
 Attention still sees earlier dialogs of the same row, as in any packed training.
 
-An instruct token file is NAME.bin (rows of L + 1 ids), NAME.mask.bin (one byte per id: 1 where
-that id is a target with loss) and NAME.json (settings, counts); rebuilt only when the data, the
-tokenizer or the settings change. `MaskedMixedStream` mixes such files with plain token files
-(rehearsal: the paper's 6% code and 2% natural language) by recipe weight.
+A source's `prompt_loss_weight` (recipe; default 0) also trains the rest of each example (prompts,
+user turns, chat markup) at that weight: the length lab's drills are code files that hide a key, and
+their code is worth learning too.
+
+An instruct token file is NAME.bin (rows of L + 1 ids), NAME.mask.bin (one byte per id: 1 for an
+answer's tokens, 2 for the example's other tokens, 0 for padding and each example's BOS) and
+NAME.json (settings, counts); rebuilt only when the data, the tokenizer or the settings change.
+`MaskedMixedStream` mixes such files with plain token files (rehearsal: the paper's 6% code and 2%
+natural language) by recipe weight.
 """
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ from codelm.files import atomic_write_bytes, iter_jsonl
 from codelm.errors import ConfigError, DataError
 from codelm.generate.prompts import B_INST, B_SYS, E_INST, E_SYS, ChatFormatError, check_dialog
 
-FORMAT = 1
+FORMAT = 2
+ANSWER, CONTEXT = 1, 2  # the mask file's token kinds (0: padding, an example's BOS)
 
 
 # ----------------------------------------------------------------------------- tags
@@ -182,8 +188,11 @@ class DialogPacker:
             return False
         if len(ids) > self.row_len - len(self.ids) % self.row_len and len(self.ids) % self.row_len:
             self._pad_row()
+        kinds = [ANSWER if m else CONTEXT for m in mask]
+        if kinds and kinds[0] == CONTEXT:
+            kinds[0] = 0  # an example's BOS: nothing before it in the row predicts it
         self.ids += ids
-        self.mask += mask
+        self.mask += kinds
         return True
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
@@ -202,8 +211,9 @@ class InstructFileMeta:
     dialogs: int = 0
     too_long: int = 0  # dialogs longer than a row: left out
     n_sequences: int = 0
-    target_tokens: int = 0  # tokens with loss
+    target_tokens: int = 0  # answer tokens (always trained)
     pad_tokens: int = 0
+    context_tokens: int = 0  # the examples' other tokens (trained with a prompt_loss_weight)
 
 
 def build_instruct_file(source: str | Path, tokenizer, path: str | Path, seq_len: int,
@@ -227,6 +237,7 @@ def build_instruct_file(source: str | Path, tokenizer, path: str | Path, seq_len
         if packer.add(ids, mask):
             meta.dialogs += 1
             meta.target_tokens += sum(mask)
+            meta.context_tokens += len(mask) - sum(mask) - (not mask[0])
         else:
             meta.too_long += 1
     ids, mask = packer.finish()
@@ -268,12 +279,17 @@ class InstructFile:
         row = self.seq_len + 1
         return np.asarray(self.tokens[k * row:(k + 1) * row], dtype=np.int64)
 
-    def targets(self, k: int) -> np.ndarray:
-        """The L targets of row k, IGNORE_INDEX where no loss is taken."""
+    def kinds(self, k: int) -> np.ndarray:
+        """The kinds (ANSWER, CONTEXT, or 0: no loss) of row k's L targets."""
         row = self.seq_len + 1
-        seq = self.sequence(k)
-        keep = np.asarray(self.mask[k * row:(k + 1) * row], dtype=bool)[1:]
-        return np.where(keep, seq[1:], IGNORE_INDEX)
+        return np.asarray(self.mask[k * row + 1:(k + 1) * row], dtype=np.uint8)
+
+    def targets(self, k: int, context: bool = False) -> np.ndarray:
+        """The L targets of row k, IGNORE_INDEX where no loss is taken: answers only, or (context) every
+        token of the examples."""
+        kinds = self.kinds(k)
+        keep = kinds != 0 if context else kinds == ANSWER
+        return np.where(keep, self.sequence(k)[1:], IGNORE_INDEX)
 
 
 def batch_of(f, indices: list[int]):
@@ -288,24 +304,41 @@ def batch_of(f, indices: list[int]):
 
 
 class MaskedMixedStream(MixedStream):
-    """MixedStream whose instruct sources give assistant-only targets, and whose rows carry their
-    source's loss weight (recipe `loss_weight`: a small source whose few targets matter, such as
-    the answers of retrieval drills, would otherwise vanish in a token-averaged loss)."""
+    """MixedStream whose instruct sources give answer targets (and their context's, where the source
+    has a prompt_loss_weight), and which weighs each target by its source's settings (recipe
+    `loss_weight`: a small source whose few targets matter, such as the answers of retrieval drills,
+    would otherwise vanish in a token-averaged loss)."""
 
-    def __init__(self, files, weights, seed: int, loss_weights: list[float] | None = None):
+    def __init__(self, files, weights, seed: int, loss_weights: list[float] | None = None,
+                 prompt_loss_weights: list[float] | None = None):
         super().__init__(files, weights, seed)
         self.loss_weights = list(loss_weights) if loss_weights is not None else [1.0] * len(files)
+        self.prompt_loss_weights = (list(prompt_loss_weights) if prompt_loss_weights is not None
+                                    else [0.0] * len(files))
         if len(self.loss_weights) != len(files) or not all(w > 0 for w in self.loss_weights):
             raise ConfigError(f"data: loss weights must be positive, one per source, got {loss_weights}")
-        self._uniform = all(w == 1.0 for w in self.loss_weights)
+        if len(self.prompt_loss_weights) != len(files) or not all(w >= 0 for w in self.prompt_loss_weights):
+            raise ConfigError(f"data: prompt loss weights must be 0 or more, one per source, got {prompt_loss_weights}")
+        # Every target counts once: the plain token mean, no weights needed.
+        self._uniform = all(w == 1.0 for w in self.loss_weights) and all(
+            pw in (0.0, 1.0) for f, pw in zip(files, self.prompt_loss_weights) if isinstance(f, InstructFile))
 
-    def row_weights(self, picks):
-        """[B] loss weights of the picked rows, or None when every source weighs 1."""
+    def target_weights(self, picks, y):
+        """[B, T] loss weights of the targets y of the picked rows, or None when each target counts once."""
         import torch
 
         if self._uniform:
             return None
-        return torch.tensor([self.loss_weights[s] for s, _ in picks], dtype=torch.float32)
+        w = torch.zeros(y.shape, dtype=torch.float32)
+        for r, (s, k) in enumerate(picks):
+            f = self.files[s]
+            if isinstance(f, InstructFile):
+                kinds = torch.from_numpy(f.kinds(k).astype(np.int64))
+                w[r] = torch.where(kinds == ANSWER, self.loss_weights[s],
+                                   torch.where(kinds == CONTEXT, self.prompt_loss_weights[s], 0.0))
+            else:
+                w[r] = self.loss_weights[s]
+        return w * (y != IGNORE_INDEX)
 
     def fetch(self, picks):
         import torch
@@ -313,6 +346,5 @@ class MaskedMixedStream(MixedStream):
         x, y = super().fetch(picks)
         for r, (s, k) in enumerate(picks):
             if isinstance(self.files[s], InstructFile):
-                y[r] = torch.from_numpy(self.files[s].targets(k))
+                y[r] = torch.from_numpy(self.files[s].targets(k, context=self.prompt_loss_weights[s] > 0))
         return x, y
-

@@ -453,13 +453,6 @@ def _cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor, weights: tor
     return losses.sum() if weights is None else (losses * weights.reshape(-1).to(losses.dtype)).sum()
 
 
-def target_weights(y: torch.Tensor, row_weights: torch.Tensor | None) -> torch.Tensor | None:
-    """[B, T] weights of the targets of a micro-batch whose rows carry their source's loss_weight (None: all 1)."""
-    if row_weights is None:
-        return None
-    return (y != IGNORE_INDEX).to(torch.float32) * row_weights.to(torch.float32)[:, None]
-
-
 def train_step(model, optimizer, batches, n_targets: float, info: D.DistInfo, autocast, grad_clip: float,
                params) -> tuple[float, float]:
     """One optimizer step over this process's micro-batches: (sum of token losses here, gradient norm).
@@ -565,7 +558,8 @@ def _train(recipe: Recipe, resume: bool, show_progress: bool, info: D.DistInfo) 
         tokenizer.require_infilling()
     train_files, valid_files = prepare_data(recipe, run_dir, tokenizer, info, show_progress)
     stream = MaskedMixedStream(train_files, [s.weight for s in d.sources], recipe.run.seed,
-                               loss_weights=[s.loss_weight for s in d.sources])
+                               loss_weights=[s.loss_weight for s in d.sources],
+                               prompt_loss_weights=[s.prompt_loss_weight for s in d.sources])
 
     # Model: rank 0 builds or loads it whole; with several processes the others start empty
     # (meta device) and receive their shards from rank 0 after sharding.
@@ -636,7 +630,7 @@ def _train(recipe: Recipe, resume: bool, show_progress: bool, info: D.DistInfo) 
         for i in range(0, per_rank, t.micro_batch_size):
             chunk = picks[i:i + t.micro_batch_size]
             x, y = stream.fetch(chunk)
-            batches.append((x, y, target_weights(y, stream.row_weights(chunk))))
+            batches.append((x, y, stream.target_weights(chunk, y)))
         n_targets = D.all_reduce_sum([sum(float((y != IGNORE_INDEX).sum()) if w is None else float(w.sum())
                                           for _, y, w in batches)], info)[0]
         loss_sum, grad_norm = train_step(model, optimizer, batches, n_targets, info, autocast, t.grad_clip, params)

@@ -57,6 +57,7 @@ class SourceSection:
     name: str | None = None         # default: the folder's name
     kind: str = "text"              # text (documents, FIM) or instruct (dialogs or prompt/completion: loss on answers)
     loss_weight: float = 1.0        # each target token of this source counts this many times in the mean loss
+    prompt_loss_weight: float = 0.0  # instruct: also train the prompts (user turns) at this weight; 0: answers only
 
 
 @dataclass
@@ -305,6 +306,9 @@ def validate(r: Recipe) -> None:
             raise ConfigError(f"{w}: data.sources[{i}].loss_weight must be positive, got {s.loss_weight}")
         if s.kind not in ("text", "instruct"):
             raise ConfigError(f"{w}: data.sources[{i}].kind must be text or instruct, got {s.kind!r}")
+        if s.prompt_loss_weight < 0 or (s.prompt_loss_weight > 0 and s.kind != "instruct"):
+            raise ConfigError(f"{w}: data.sources[{i}].prompt_loss_weight must be 0 or more, and is for instruct "
+                              f"sources only (got {s.prompt_loss_weight} on a {s.kind} source)")
         if s.kind == "instruct" and t.vocab_size is not None:
             raise ConfigError(f"{w}: data.sources[{i}] is instruct data: take the tokenizer of model.init_from "
                               "or tokenizer.path instead of training one (tokenizer.vocab_size)")
