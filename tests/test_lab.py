@@ -222,3 +222,15 @@ def test_a_moved_lab_folder_still_reuses_its_runs():
     moved_data = recipe("/tmp/a")
     moved_data["data"]["sources"][0]["path"] = "/elsewhere/code"
     assert lab._essentials(recipe("/tmp/a")) != lab._essentials(moved_data)
+
+
+def test_fine_tune_settings_keep_the_base_models_evaluations(tmp_path):
+    pre, _ = lab._load_raw_recipe(lab.PRETRAIN_RECIPE)
+    ft, _ = lab._load_raw_recipe(lab.LCFT_RECIPE)
+    keys = lab._eval_keys(lab.LabSettings(out=tmp_path), pre, ft)
+    other_ft = lab._eval_keys(lab.LabSettings(out=tmp_path / "x", lcft_drill_weight=0.5, lcft_factor=4), pre,
+                              dict(ft, train=dict(ft["train"], lr=5e-4)))
+    assert other_ft[False] == keys[False] and other_ft[True] != keys[True]
+    other_base = lab._eval_keys(lab.LabSettings(out=tmp_path, drill_weight=0.25), pre, ft)
+    assert other_base[False] != keys[False] and other_base[True] != keys[True]
+    assert lab._eval_keys(lab.LabSettings(out=tmp_path, retrieval_examples=4), pre, ft)[False] != keys[False]

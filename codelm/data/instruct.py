@@ -237,7 +237,6 @@ def build_instruct_file(source: str | Path, tokenizer, path: str | Path, seq_len
         if packer.add(ids, mask):
             meta.dialogs += 1
             meta.target_tokens += sum(mask)
-            meta.context_tokens += len(mask) - sum(mask) - (not mask[0])
         else:
             meta.too_long += 1
     ids, mask = packer.finish()
@@ -245,6 +244,7 @@ def build_instruct_file(source: str | Path, tokenizer, path: str | Path, seq_len
         raise DataError(f"{source}: no dialog fits a row of {seq_len + 1} tokens ({meta.too_long} too long)")
     meta.n_sequences = len(ids) // (seq_len + 1)
     meta.pad_tokens = packer.pad_tokens
+    meta.context_tokens = int((mask == CONTEXT).sum())
     atomic_write_bytes(path, ids.astype(dtype).tobytes())
     atomic_write_bytes(mask_path, mask.tobytes())
     atomic_write_bytes(meta_path, json.dumps(asdict(meta), indent=1).encode())

@@ -380,6 +380,20 @@ def _load_model(path: Path, inference: dict | None):
 
 
 # ------------------------------------------------------------------ the lab
+def _drills_needed(share: float, train, row_len: int) -> int:
+    """About 1.5 drills per drill row of a run (a drill fills half a row on average): enough that few repeat."""
+    return int(1.5 * share * train.max_steps * train.batch_tokens / max(row_len // 2, 1))
+
+
+def _eval_keys(s: LabSettings, pre_raw: dict, lcft_raw: dict) -> dict[bool, str]:
+    """What a cached evaluation depends on, for models without (False) and with (True) a fine-tune: a model
+    that was not fine-tuned keeps its evaluation when only the fine-tune settings change."""
+    settings = {k: v for k, v in asdict(s).items() if k not in ("out", "show_progress", "seeds", "methods")}
+    return {False: _fingerprint({"settings": {k: v for k, v in settings.items() if not k.startswith("lcft_")},
+                                 "recipes": [pre_raw]}),
+            True: _fingerprint({"settings": settings, "recipes": [pre_raw, lcft_raw]})}
+
+
 def run_lab(s: LabSettings) -> dict:
     """Train, fine-tune and evaluate every method for every seed; write the table, plots and notes."""
     if s.seeds < 1:
@@ -416,15 +430,14 @@ def run_lab(s: LabSettings) -> dict:
             raise DataError(f"lab: {corpus / (split + '.jsonl')} not found (a corpus folder from `codelm corpus`)")
     code_dir = trimmed_training_text(corpus, s.out / "data" / "code", s.train_chars)
     tokenizer, tdir = prepare_tokenizer(s, code_dir, probe.tokenizer.vocab_size or 1024)
-    tr = probe.train
     drills = lcft_drills = None
-    if s.drill_weight > 0:  # about 1.5 drills per drill row: enough that few repeat
-        count = max(200, int(1.5 * s.drill_weight * tr.max_steps * tr.batch_tokens / max(L // 2, 1)))
+    if s.drill_weight > 0:
+        count = max(200, _drills_needed(s.drill_weight, probe.train, L))
         drills = write_drills(tokenizer, code_dir, s.out / "data" / "retrieval-drills.jsonl", L, count)
     if s.lcft_drill_weight > 0:
-        ft = _recipe(lcft_raw, s.lcft_overrides, {"data.seq_len": s.lcft_factor * L}, LCFT_RECIPE).train
         n = s.lcft_factor * L
-        count = max(100, int(1.5 * s.lcft_drill_weight * ft.max_steps * ft.batch_tokens / max(n // 2, 1)))
+        ft = _recipe(lcft_raw, s.lcft_overrides, {"data.seq_len": n}, LCFT_RECIPE).train
+        count = max(100, _drills_needed(s.lcft_drill_weight, ft, n))
         lcft_drills = write_drills(tokenizer, code_dir, s.out / "data" / f"retrieval-drills-{n}.jsonl", n, count,
                                    seed=1)
     plan = Plan(L, pre_raw, lcft_raw, code_dir, drills, lcft_drills, tdir)
@@ -438,11 +451,7 @@ def run_lab(s: LabSettings) -> dict:
             raise ConfigError(f"lab: unknown method(s) {unknown}; choose from {[m.name for m in ms]}")
         ms = [m for m in ms if m.name in s.methods]
     bases = sorted({m.base for m in ms})
-    settings = {k: v for k, v in asdict(s).items() if k not in ("out", "show_progress", "seeds", "methods")}
-    # A model that was not fine-tuned keeps its evaluation when only the fine-tune settings change.
-    eval_keys = {False: _fingerprint({"settings": {k: v for k, v in settings.items() if not k.startswith("lcft_")},
-                                      "recipes": [pre_raw]}),
-                 True: _fingerprint({"settings": settings, "recipes": [pre_raw, lcft_raw]})}
+    eval_keys = _eval_keys(s, pre_raw, lcft_raw)
     results: dict[str, dict[int, dict]] = {m.name: {} for m in ms}
     for seed in range(s.seeds):
         finals: dict[str, Path] = {}
