@@ -88,8 +88,8 @@ def _run_infill(args):
 def _add_score(sub):
     p = sub.add_parser("score", help="execute samples against a benchmark's tests in the sandbox and report pass@k")
     p.add_argument("--benchmark", required=True,
-                   help="humaneval, humaneval+, mbpp, mbpp+, humaneval-infilling-single-line, ...")
-    p.add_argument("--samples", required=True, help="JSONL with task_id and completion per line")
+                   help="humaneval, humaneval+, mbpp, mbpp+, humaneval-infilling-single-line, ..., multipl-e-LANG")
+    p.add_argument("--samples", required=True, help="JSONL with task_id (MultiPL-E: or name) and completion per line")
     p.add_argument("--out", default=None, help="results JSONL (default: SAMPLES with _results.jsonl)")
     p.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPU count)")
     p.add_argument("--timeout", type=float, default=None, help="floor of the per-task time limit in seconds")

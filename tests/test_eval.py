@@ -267,8 +267,9 @@ ALL_PYTHON = ["humaneval", "humaneval+", "mbpp", "mbpp+", "humaneval-infilling-s
 def _toolchain(name):
     from codelm.evaluate.benchmarks import multipl_e
 
-    if name.startswith("multipl-e-") and multipl_e.missing_tools(name.removeprefix("multipl-e-")):
-        pytest.skip(f"{name}: toolchain missing")
+    why = name.startswith("multipl-e-") and multipl_e.unavailable(name.removeprefix("multipl-e-"))
+    if why:
+        pytest.skip(why)
 
 
 @pytest.mark.parametrize("name", ALL_PYTHON + ["multipl-e-js", "multipl-e-sh"])

