@@ -109,7 +109,7 @@ def _run_score(args):
 # -------------------------------------------------------------------- train
 def _add_train(sub):
     p = sub.add_parser("train", help="run a training recipe (code pretraining, LCFT, instruct)")
-    p.add_argument("recipe", help="a recipe TOML file (see recipes/)")
+    p.add_argument("recipe", help="a recipe TOML file, or a shipped recipe by name (demo, codellama-7b, ...: codelm/recipes/)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.max_steps=100 (repeatable)")

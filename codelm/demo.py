@@ -18,11 +18,28 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from codelm.errors import ConfigError
+import numpy as np
+import torch
+
+from codelm.data.corpus import STDLIB_TEST_EXCLUDE, CorpusOptions, build_corpus, read_corpus, stdlib_dir
+from codelm.data.packing import make_batch, read_meta
+from codelm.errors import DataError
+from codelm.evaluate import longctx as lc
+from codelm.files import atomic_write, pyplot, save_figure, write_json
+from codelm.generate import complete, infill, infill_batch
+from codelm.model.checkpoint import load
+from codelm.model.config import ModelConfig
+from codelm.model.llama import Transformer
+from codelm.train.distributed import DistInfo
+from codelm.train.loop import make_optimizer, read_metrics, train, train_step
+from codelm.train.recipe import build_recipe, load_recipe, read_raw_recipe
+from codelm.train.runs import train_once
 
 COMPLETION_PROMPT = ('def read_lines(path):\n    """Return the lines of a text file."""\n'
                      '    with open(path) as f:\n        return ')
@@ -35,45 +52,24 @@ INFILL_EXPECTED = "        self.y = y"
 # and the range of step counts it may choose from: `make demo` must end within 15 minutes.
 TRAIN_BUDGET_S = 8 * 60
 STEP_BOUNDS = (300, 3000)
-# Leave out the test suites (odd code on purpose) and the packages' vendored test data.
-DEMO_EXCLUDE = ["test/*", "*/test/*", "*/tests/*", "idlelib/idle_test/*", "lib2to3/tests/*"]
 QUICK_SUBDIRS = ["json", "email", "http", "urllib"]
 
 
-def find_recipe(name: str) -> Path:
-    here = Path(__file__).resolve().parent
-    for d in (here / "recipes", here.parent / "recipes"):
-        if (d / name).is_file():
-            return d / name
-    raise ConfigError(f"recipe {name} not found beside the codelm package (looked in {here / 'recipes'} "
-                      f"and {here.parent / 'recipes'})")
-
-
-def demo_overrides(out: Path, quick: bool) -> list[str]:
-    run_dir = out / ("run-quick" if quick else "run")
-    corpus = out / ("corpus-quick" if quick else "corpus")
-    o = [f"run.out_dir={json.dumps(str(run_dir))}",
-         f'data.sources=[{{path={json.dumps(str(corpus))}, name="stdlib"}}]']
+def demo_settings(out: Path, quick: bool) -> dict:
+    """The demo's changes to recipes/demo.toml: its folders, and a tiny model and run with --quick."""
+    settings = {"run.out_dir": str(out / ("run-quick" if quick else "run")),
+                "data.sources": [{"path": str(out / ("corpus-quick" if quick else "corpus")), "name": "stdlib"}]}
     if quick:
-        o += ["model.preset=\"tiny\"", "model.config={}", "tokenizer.vocab_size=600", "tokenizer.train_bytes=2000000",
-              "data.seq_len=128", "data.max_document_chars=300", "train.max_steps=30", "train.batch_tokens=1024",
-              "train.micro_batch_size=8", "train.warmup_steps=5", "train.eval_every=15", "train.eval_sequences=16",
-              "train.checkpoint_every=15", "train.lr=3e-3"]
-    return o
+        settings.update({
+            "model.preset": "tiny", "model.config": {}, "tokenizer.vocab_size": 600, "tokenizer.train_bytes": 2000000,
+            "data.seq_len": 128, "data.max_document_chars": 300, "train.max_steps": 30, "train.batch_tokens": 1024,
+            "train.micro_batch_size": 8, "train.warmup_steps": 5, "train.eval_every": 15, "train.eval_sequences": 16,
+            "train.checkpoint_every": 15, "train.lr": 3e-3})
+    return settings
 
 
 def seconds_per_step(recipe) -> float:
     """Time one optimizer step of the recipe's model on random tokens (median of 3, after a warm-up)."""
-    import statistics
-
-    import torch
-
-    from codelm.data.packing import make_batch
-    from codelm.model.config import ModelConfig
-    from codelm.model.llama import Transformer
-    from codelm.train.distributed import DistInfo
-    from codelm.train.loop import make_optimizer, train_step
-
     t, d = recipe.train, recipe.data
     vocab = recipe.tokenizer.vocab_size or 32016
     config = ModelConfig.from_preset(recipe.model.preset, vocab_size=vocab,
@@ -103,9 +99,7 @@ def planned_steps(out: Path, recipe, budget_s: float, bounds: tuple[int, int]) -
 
 
 def build_demo_corpus(out: Path, quick: bool, show_progress: bool):
-    from codelm.data.corpus import CorpusOptions, build_corpus, stdlib_dir
-
-    opts = CorpusOptions(languages=["python"], exclude=DEMO_EXCLUDE, valid_fraction=0.05 if quick else 0.02)
+    opts = CorpusOptions(languages=["python"], exclude=STDLIB_TEST_EXCLUDE, valid_fraction=0.05 if quick else 0.02)
     sources = [str(stdlib_dir() / d) for d in QUICK_SUBDIRS] if quick else [str(stdlib_dir())]
     return build_corpus(out / ("corpus-quick" if quick else "corpus"), sources=sources, opts=opts,
                         show_progress=show_progress)
@@ -113,10 +107,6 @@ def build_demo_corpus(out: Path, quick: bool, show_progress: bool):
 
 def held_out_lines(valid_jsonl: Path, n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     """(prefix, line, suffix) triples: one non-trivial line from each of the first held-out files."""
-    import random
-
-    from codelm.data.corpus import read_corpus
-
     rng = random.Random(seed)
     texts = [r["text"] for r in read_corpus(valid_jsonl)]
     per_file = max(1, math.ceil(n / max(1, len(texts))))
@@ -134,8 +124,6 @@ def held_out_lines(valid_jsonl: Path, n: int, seed: int = 0) -> list[tuple[str, 
 
 
 def infilling_accuracy(model, tokenizer, cases, spm: bool) -> float:
-    from codelm.generate import infill_batch
-
     if not cases:
         return float("nan")
     hits = 0
@@ -148,11 +136,7 @@ def infilling_accuracy(model, tokenizer, cases, spm: bool) -> float:
 
 
 def plot_losses(metrics: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     tr = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
     va = [(m["step"], m["valid_loss"]) for m in metrics if "valid_loss" in m]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
@@ -169,11 +153,7 @@ def plot_losses(metrics: list[dict], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def lcft_section(lcft: dict) -> list[str]:
@@ -192,18 +172,66 @@ def lcft_section(lcft: dict) -> list[str]:
             "comparison with position interpolation and ALiBi).", ""]
 
 
+def demo_lcft_step(final_dir: str | Path, corpus_dir: str | Path, out: str | Path, quick: bool = False,
+                   show_progress: bool = True, trained_length: int | None = None) -> dict:
+    """The demo's long-context stage: a short LCFT of the demo model (recipes/lcft-demo.toml: θ → 1e6,
+    4x its length) and a perplexity-by-length plot of the model before and after (OUT/ppl_by_length.png).
+    `trained_length`: the context the model was trained at (its config's max_seq_len may be larger).
+    Returns the numbers (also written to OUT/lcft.json)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    raw, path = read_raw_recipe("lcft-demo.toml")
+    before = load(final_dir, dtype=torch.float32)
+    L = trained_length or before.config.max_seq_len
+    factor = 2 if quick else 4
+    changes = {"model.init_from": str(final_dir), "run.out_dir": str(out / ("lcft-quick" if quick else "lcft")),
+               "data.sources": [{"path": str(corpus_dir), "name": "stdlib"}], "data.seq_len": factor * L,
+               "model.config": {**raw.get("model", {}).get("config", {}), "max_seq_len": factor * L}}
+    if quick:
+        changes.update({"train.max_steps": 3, "train.batch_tokens": 2 * factor * L, "train.micro_batch_size": 2,
+                        "train.warmup_steps": 1, "train.checkpoint_every": 3, "train.eval_sequences": 4})
+    else:
+        changes["train.batch_tokens"] = max(factor * L, (raw["train"]["batch_tokens"] // (factor * L)) * factor * L)
+    recipe = build_recipe(raw, str(path), settings=changes, fit_batch=True)
+    final = train_once(recipe, show_progress)
+    after = load(final, dtype=torch.float32)
+    texts = lc.held_out_texts(corpus_dir, "valid")
+    mults = [0.5, 1, 2, 4] if quick else [0.5, 1, 2, 4, 8]
+    lengths = [int(m * L) for m in mults]
+    budget = 2 * max(lengths) if quick else 4 * max(lengths)
+    try:
+        docs = lc.long_documents(texts, before.tokenizer, min_tokens=max(lengths) + 1, total_tokens=budget)
+    except DataError:   # a small held-out split without a file that long: read the files one after another
+        stream = lc.code_token_stream(texts, before.tokenizer, max_tokens=budget)
+        if len(stream) < max(lengths) + 1:
+            raise DataError(f"{corpus_dir}: the held-out files hold {len(stream)} tokens, fewer than the "
+                            f"{max(lengths) + 1} the longest window needs") from None
+        docs = [np.concatenate([[before.tokenizer.bos_id], stream]).astype(np.int64)]
+    curves = {"before": lc.perplexity_by_length(before.model.eval(), docs, lengths, progress=show_progress),
+              "after": lc.perplexity_by_length(after.model.eval(), docs, lengths, progress=show_progress)}
+    fig, ax = pyplot().subplots(figsize=(6.5, 4), dpi=110)
+    for key, label, color in (("before", f"trained at {L}, θ={before.config.rope_theta:g}", "#d62728"),
+                              ("after", f"after LCFT at {factor * L}, θ={after.config.rope_theta:g}", "#2ca02c")):
+        ax.plot([n / L for n in lengths], [curves[key][n]["ppl"] for n in lengths], "o-", color=color, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"context length (multiples of L = {L})")
+    ax.set_ylabel("perplexity (held-out files)")
+    ax.set_title("Demo model: perplexity by context length")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, out / "ppl_by_length.png")
+    result = {"trained_length": L, "lcft_length": factor * L, "steps": recipe.train.max_steps,
+              "tokens": recipe.train.max_steps * recipe.train.batch_tokens, "model": str(final),
+              "perplexity": {k: {str(n): v["ppl"] for n, v in c.items()} for k, c in curves.items()}}
+    write_json(out / "lcft.json", result)
+    return result
+
+
 def _fence(text: str) -> str:
     return "```python\n" + text.replace("```", "` ` `") + ("" if text.endswith("\n") else "\n") + "```"
 
 
 def demo_main(args) -> int:
-    from codelm.data.packing import read_meta
-    from codelm.generate import complete, infill
-    from codelm.lab.length import demo_lcft_step
-    from codelm.model.checkpoint import load
-    from codelm.train.loop import read_metrics, train
-    from codelm.train.recipe import load_recipe
-
     out = Path(args.out)
     quick = bool(getattr(args, "quick", False))
     out.mkdir(parents=True, exist_ok=True)
@@ -212,14 +240,13 @@ def demo_main(args) -> int:
     corpus = build_demo_corpus(out, quick, show_progress=True)
     t_corpus = time.time() - t_start
 
-    recipe_path = find_recipe("demo.toml")
-    overrides = demo_overrides(out, quick)
-    recipe = load_recipe(recipe_path, overrides)
+    settings = demo_settings(out, quick)
+    recipe = load_recipe("demo.toml", settings=settings)
     if not quick:
         # As many steps as fit TRAIN_BUDGET_S here (the schedule needs the count up front).
         steps = planned_steps(out, recipe, TRAIN_BUDGET_S, STEP_BOUNDS)
-        recipe = load_recipe(recipe_path, overrides + [f"train.max_steps={steps}"])
-    print(f"demo: 2/5 tokenizer, 3/5 training ({recipe_path.name}: {recipe.train.max_steps} steps of "
+        recipe = load_recipe("demo.toml", settings={**settings, "train.max_steps": steps})
+    print(f"demo: 2/5 tokenizer, 3/5 training (demo.toml: {recipe.train.max_steps} steps of "
           f"{recipe.train.batch_tokens} tokens)")
     t0 = time.time()
     result = train(recipe, resume=True)
@@ -260,9 +287,8 @@ def demo_main(args) -> int:
         "corpus": {"files": corpus.files_kept, "bytes": corpus.bytes_kept, "near_duplicates": corpus.near_duplicates,
                    "exact_duplicates": corpus.exact_duplicates, "contaminated": len(corpus.contaminated)},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    report = demo_report(summary, recipe, model.config)
-    (out / "report.md").write_text(report)
+    write_json(out / "summary.json", summary)
+    atomic_write(out / "report.md", demo_report(summary, recipe, model.config))
 
     print(f"\nheld-out loss: {result.valid_loss:.3f} nats/token (started at {first:.3f}; "
           f"uniform guessing is {math.log(tok.vocab_size):.3f})")

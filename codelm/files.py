@@ -73,3 +73,22 @@ def write_json(path: str | Path, obj) -> None:
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed); imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int | None = None) -> None:
+    """Lay out a matplotlib figure, write it as a PNG atomically, and free it."""
+    try:
+        fig.tight_layout()
+        atomic_write_stream(path, lambda f: fig.savefig(f, format="png", dpi=dpi), binary=True)
+    finally:
+        pyplot().close(fig)

@@ -71,3 +71,21 @@ def test_bpe_tokenizer_chat(tmp_path):
     t = make_tiny_bpe()
     toks = chat_tokens(t, [{"role": "user", "content": "hi"}])
     assert toks[0] == t.bos_id and t.decode(toks) == "[INST] hi [/INST]"
+
+
+@pytest.mark.parametrize("dialog", [
+    [{"role": "user", "content": "Add one."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a?"},
+     {"role": "assistant", "content": " b. "}, {"role": "user", "content": "Add one, in Python."}],
+])
+def test_training_tokens_of_a_dialog_are_the_inference_prompt_plus_the_answer(sp, dialog):
+    """One layout: what codelm chat / codelm serve send the model is, token for token, how it was trained."""
+    from codelm.data.instruct import dialog_tokens as training_tokens
+
+    finished = dialog + [{"role": "assistant", "content": "def f(x):\n    return x + 1"}]
+    ids, mask = training_tokens(sp, finished)
+    prompt = chat_tokens(sp, dialog)
+    assert ids[:len(prompt)] == prompt and mask[len(prompt) - 1] is False
+    answer = ids[len(prompt):]
+    assert all(mask[len(prompt):]) and answer[-1] == sp.eos_id
+    assert sp.decode(answer[:-1]).strip() == "def f(x):\n    return x + 1"

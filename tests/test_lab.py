@@ -8,29 +8,33 @@ import pytest
 
 from codelm.cli import build_parser
 from codelm.errors import ConfigError
+from codelm import demo
 from codelm.lab import length as lab
+from codelm.lab import report
+from codelm.train.recipe import RECIPES_DIR, read_raw_recipe
+from codelm.train.runs import essentials
 from codelm.train.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_lcft_recipes_carry_the_papers_values():
-    r = load_recipe(ROOT / "recipes" / "lcft-codellama-7b.toml")
+    r = load_recipe(RECIPES_DIR / "lcft-codellama-7b.toml")
     assert r.model.config["rope_theta"] == 1e6 and r.model.config["max_seq_len"] == 16384
     assert r.data.seq_len == 16384 and r.train.lr == 2e-5 and r.train.batch_tokens == 2 * 1024 * 1024
     assert r.train.max_steps == 10000 and r.model.init_from
-    demo = load_recipe(ROOT / "recipes" / "lcft-demo.toml")
+    demo = load_recipe(RECIPES_DIR / "lcft-demo.toml")
     assert demo.model.config["rope_theta"] == 1e6 and demo.data.seq_len == 4 * 256
     # LCFT with at most 2% of the demo's pretraining tokens (recipes/demo.toml: 600 x 4096).
     assert demo.train.max_steps * demo.train.batch_tokens <= 0.02 * 600 * 4096
-    pre, ft = load_recipe(ROOT / "recipes" / "lab-length.toml"), load_recipe(ROOT / "recipes" / "lcft-lab.toml")
+    pre, ft = load_recipe(RECIPES_DIR / "lab-length.toml"), load_recipe(RECIPES_DIR / "lcft-lab.toml")
     assert ft.data.seq_len == 8 * pre.data.seq_len
     assert ft.train.max_steps * ft.train.batch_tokens <= 0.02 * pre.train.max_steps * pre.train.batch_tokens
 
 
 def _plan(tmp_path, L=64):
-    pre, _ = lab._load_raw_recipe(lab.PRETRAIN_RECIPE)
-    ft, _ = lab._load_raw_recipe(lab.LCFT_RECIPE)
+    pre, _ = read_raw_recipe(lab.PRETRAIN_RECIPE)
+    ft, _ = read_raw_recipe(lab.LCFT_RECIPE)
     return lab.Plan(L, pre, ft, tmp_path / "code", tmp_path / "drills.jsonl", tmp_path / "drills-long.jsonl",
                     tmp_path / "tok")
 
@@ -114,26 +118,26 @@ def test_summary_table_plots_and_notes(tmp_path):
     plan = _plan(tmp_path, L)
     plan.pretrain_tokens, plan.lcft_tokens = 100_000, 2_000
     s = lab.LabSettings(out=tmp_path, seeds=3)
-    summary = lab.summarize(_fake_results(ms, 3, data, L), ms, data, L, s, plan)
+    summary = report.summarize(_fake_results(ms, 3, data, L), ms, data, L, s, plan)
     rope = summary["methods"]["rope"]["perplexity"]["128"]
     assert len(rope["values"]) == 3 and rope["std"] > 0
     assert summary["methods"]["lcft-1e6"]["ppl_half_L_before"] == summary["methods"]["rope"]["perplexity"]["16"]
-    table = lab.table_markdown(summary)
+    table = report.table_markdown(summary)
     assert "| RoPE θ=1e4 |" in table and "±" in table and "Position sweep" in table and "Goal" in table
     assert "→" in table.split("\n")[6]              # L/2 before → after for a fine-tuned row
-    lab.plot_all(summary, tmp_path)
+    report.plot_all(summary, tmp_path)
     for png in ("ppl_by_length.png", "key_retrieval.png", "loss_by_position.png", "rope_decay.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
-    notes = lab.explanation(summary, table)
+    notes = report.explanation(summary, table)
     assert notes.startswith("# Train short, test long") and "nan" not in notes
     assert "at 2L" in notes and "In the position sweep at 8L, ALiBi answers" in notes
     summary["lcft_length"] = 8 * L                  # fine-tunes at 8L: each length is named once per curve
-    assert not re.search(r"at 8L, [0-9.]+ at 8L", lab.explanation(summary, table))
+    assert not re.search(r"at 8L, [0-9.]+ at 8L", report.explanation(summary, table))
 
 
 def test_rope_decay_bound_decays_more_slowly_with_a_larger_base():
     d = np.arange(0, 16000, 10)
-    small, large = lab.rope_decay_bound(128, 1e4, d), lab.rope_decay_bound(128, 1e6, d)
+    small, large = report.rope_decay_bound(128, 1e4, d), report.rope_decay_bound(128, 1e6, d)
     assert small[0] == pytest.approx(large[0]) == pytest.approx(32.5, abs=0.1)   # distance 0: (1/64)·Σ j
     # The bound oscillates; averaged over a stretch of distances it is higher for θ = 1e6 everywhere.
     for a in range(0, 16000, 2000):
@@ -200,7 +204,7 @@ def test_demo_lcft_step_fine_tunes_and_plots(tmp_path):
     model = Transformer(ModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=tok.vocab_size, multiple_of=16,
                                     max_seq_len=32))
     save_hf(model, tmp_path / "final", tokenizer=tok)
-    got = lab.demo_lcft_step(tmp_path / "final", corpus, tmp_path / "out", quick=True, show_progress=False)
+    got = demo.demo_lcft_step(tmp_path / "final", corpus, tmp_path / "out", quick=True, show_progress=False)
     assert got["trained_length"] == 32 and got["lcft_length"] == 64
     assert set(got["perplexity"]) == {"before", "after"} and set(got["perplexity"]["after"]) == {"16", "32", "64", "128"}
     assert (tmp_path / "out" / "ppl_by_length.png").read_bytes()[:4] == b"\x89PNG"
@@ -217,16 +221,16 @@ def test_a_moved_lab_folder_still_reuses_its_runs():
                     {"path": f"{root}/data/retrieval-drills-1024.jsonl", "weight": drill_weight, "loss_weight": 1000.0}]},
                 "train": {"max_steps": 48, "batch_tokens": 1024, "lr": 1e-3, "warmup_steps": 1}}
 
-    assert lab._essentials(recipe("/tmp/a")) == lab._essentials(recipe("/home/u/labs/b"))
-    assert lab._essentials(recipe("/tmp/a")) != lab._essentials(recipe("/tmp/a", drill_weight=0.25))
+    assert essentials(recipe("/tmp/a")) == essentials(recipe("/home/u/labs/b"))
+    assert essentials(recipe("/tmp/a")) != essentials(recipe("/tmp/a", drill_weight=0.25))
     moved_data = recipe("/tmp/a")
     moved_data["data"]["sources"][0]["path"] = "/elsewhere/code"
-    assert lab._essentials(recipe("/tmp/a")) != lab._essentials(moved_data)
+    assert essentials(recipe("/tmp/a")) != essentials(moved_data)
 
 
 def test_fine_tune_settings_keep_the_base_models_evaluations(tmp_path):
-    pre, _ = lab._load_raw_recipe(lab.PRETRAIN_RECIPE)
-    ft, _ = lab._load_raw_recipe(lab.LCFT_RECIPE)
+    pre, _ = read_raw_recipe(lab.PRETRAIN_RECIPE)
+    ft, _ = read_raw_recipe(lab.LCFT_RECIPE)
     keys = lab._eval_keys(lab.LabSettings(out=tmp_path), pre, ft)
     other_ft = lab._eval_keys(lab.LabSettings(out=tmp_path / "x", lcft_drill_weight=0.5, lcft_factor=4), pre,
                               dict(ft, train=dict(ft["train"], lr=5e-4)))

@@ -14,6 +14,7 @@ import torch
 import codelm
 from codelm.cli import main as cli_main
 from codelm.errors import CheckpointError, ConfigError, DataError
+from codelm.train.recipe import RECIPES_DIR
 from codelm.train.loop import learning_rate, list_checkpoints, read_metrics, train
 from codelm.train.recipe import load_recipe, recipe_from_dict
 from codelm.data.corpus import stdlib_dir
@@ -73,7 +74,7 @@ def _assert_same_curves(a, b, tol=1e-5):
 
 # --------------------------------------------------------------------- recipes
 def test_recipe_unknown_key_wrong_type_and_other_mistakes(tmp_path, corpus):
-    good = (REPO / "recipes" / "demo.toml").read_text()
+    good = (RECIPES_DIR / "demo.toml").read_text()
     p = tmp_path / "r.toml"
     p.write_text(good.replace("warmup_steps = 100", "warmup_steps = 100\nwarmup_stpes = 5"))
     with pytest.raises(ConfigError, match=r"r\.toml: unknown key 'train\.warmup_stpes'"):
@@ -91,27 +92,27 @@ def test_recipe_unknown_key_wrong_type_and_other_mistakes(tmp_path, corpus):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_recipe(p)
     with pytest.raises(ConfigError, match="unknown key 'train.nope'"):
-        load_recipe(REPO / "recipes" / "demo.toml", ["train.nope=1"])
+        load_recipe(RECIPES_DIR / "demo.toml", ["train.nope=1"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
-        load_recipe(REPO / "recipes" / "demo.toml", ["train.max_steps"])
+        load_recipe(RECIPES_DIR / "demo.toml", ["train.max_steps"])
     with pytest.raises(ConfigError, match="multiple of data.seq_len"):
-        load_recipe(REPO / "recipes" / "demo.toml", ["train.batch_tokens=1000"])
+        load_recipe(RECIPES_DIR / "demo.toml", ["train.batch_tokens=1000"])
     with pytest.raises(ConfigError, match="exactly one of model.preset and model.init_from"):
-        load_recipe(REPO / "recipes" / "demo.toml", ["model.init_from=\"x\""])
+        load_recipe(RECIPES_DIR / "demo.toml", ["model.init_from=\"x\""])
     with pytest.raises(ConfigError, match="'model.config.dimm'"):
-        load_recipe(REPO / "recipes" / "demo.toml", ["model.config={dimm=3}"])
+        load_recipe(RECIPES_DIR / "demo.toml", ["model.config={dimm=3}"])
     with pytest.raises(ConfigError, match="data.sources is empty"):
-        load_recipe(REPO / "recipes" / "demo.toml", ["data.sources=[]"])
+        load_recipe(RECIPES_DIR / "demo.toml", ["data.sources=[]"])
     # Overrides: TOML values, or plain strings when not TOML.
-    r = load_recipe(REPO / "recipes" / "demo.toml", ["train.max_steps=7", "run.name=abc", "train.lr=1e-3"])
+    r = load_recipe(RECIPES_DIR / "demo.toml", ["train.max_steps=7", "run.name=abc", "train.lr=1e-3"])
     assert (r.train.max_steps, r.run.name, r.train.lr) == (7, "abc", 1e-3)
 
 
 def test_shipped_recipes_parse():
-    for p in sorted((REPO / "recipes").glob("*.toml")):
+    for p in sorted(RECIPES_DIR.glob("*.toml")):
         r = load_recipe(p)
         assert r.train.max_steps > 0
-    r = load_recipe(REPO / "recipes" / "codellama-7b.toml")
+    r = load_recipe(RECIPES_DIR / "codellama-7b.toml")
     t = r.train
     assert (t.beta1, t.beta2, t.warmup_steps, t.lr) == (0.9, 0.95, 1000, 3e-4)
     assert abs(t.final_lr_ratio - 1 / 30) < 1e-6
@@ -372,3 +373,24 @@ def test_loss_weight_through_the_loop(tmp_path, corpus, tokenizer_dir):
                                   data={"sources": sources}), show_progress=False))
     first = [_losses(r.run_dir)[0][0][1] for r in runs]
     assert all(math.isfinite(x) for x in first) and abs(first[0] - first[1]) > 1e-3
+
+
+def test_a_wheel_ships_the_recipes(tmp_path):
+    """A non-editable install (a wheel) carries the recipes inside the package, where find_recipe looks."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "codelm", src / "codelm", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("codelm-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"codelm/recipes/{p.name}" for p in RECIPES_DIR.glob("*.toml")}
+    assert "codelm/recipes/demo.toml" in shipped and shipped <= names
+    assert "codelm/evaluate/zygote.py" in names

@@ -125,6 +125,11 @@ def stdlib_dir() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+# The standard library's test suites (odd code on purpose) and the packages' vendored test data, left out
+# of the corpora that the demo and the length lab train on.
+STDLIB_TEST_EXCLUDE = ["test/*", "*/test/*", "*/tests/*", "idlelib/idle_test/*", "lib2to3/tests/*"]
+
+
 def _is_git_url(s: str) -> bool:
     return bool(re.match(r"^(https?|ssh|git|file)://", s)) or bool(re.match(r"^[\w.-]+@[\w.-]+:", s))
 

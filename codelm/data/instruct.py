@@ -38,7 +38,8 @@ import numpy as np
 from codelm.data.packing import IGNORE_INDEX, MixedStream, make_batch, token_dtype, tokenizer_fingerprint
 from codelm.files import atomic_write_bytes, iter_jsonl
 from codelm.errors import ConfigError, DataError
-from codelm.generate.prompts import B_INST, B_SYS, E_INST, E_SYS, ChatFormatError, check_dialog
+from codelm.data.dialogs import ChatFormatError, answer_start
+from codelm.data.dialogs import dialog_tokens as layout_dialog
 
 FORMAT = 2
 ANSWER, CONTEXT = 1, 2  # the mask file's token kinds (0: padding, an example's BOS)
@@ -99,33 +100,12 @@ def parse_tests(text: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- one dialog
 def dialog_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:
-    """(ids, mask) of a finished dialog; mask[i] is True when ids[i] is an assistant token (or the EOS
-    that ends an answer), i.e. a position whose prediction is trained."""
+    """(ids, mask) of a finished dialog in the [INST] layout that inference uses (codelm.data.dialogs);
+    mask[i] is True when ids[i] is an assistant token (or the EOS that ends an answer)."""
     if tokenizer.step_id is not None:
         raise ChatFormatError("instruct training lays dialogs out in the [INST] format; this tokenizer has "
                               "<step> (the 70B 'Source:' layout), which codelm does not train")
-    check_dialog(messages)
-    msgs = [dict(m) for m in messages]
-    if msgs[0]["role"] == "system":
-        if len(msgs) < 2:
-            raise ChatFormatError("a system message must be followed by a user message")
-        msgs = [{"role": "user", "content": B_SYS + msgs[0]["content"] + E_SYS + msgs[1]["content"]}] + msgs[2:]
-    for i, m in enumerate(msgs):
-        if m["role"] != ("user" if i % 2 == 0 else "assistant"):
-            raise ChatFormatError(f"roles must alternate user/assistant (system optional first); turn {i} is "
-                                  f"{m['role']}")
-    if msgs[-1]["role"] != "assistant":
-        raise ChatFormatError("a training dialog must end with the assistant's answer")
-    ids: list[int] = []
-    mask: list[bool] = []
-    for user, answer in zip(msgs[0::2], msgs[1::2]):
-        prompt = f"{B_INST} {user['content'].strip()} {E_INST}"
-        full = tokenizer.encode(f"{prompt} {answer['content'].strip()} ", bos=True, eos=True)
-        head = tokenizer.encode(prompt, bos=True)
-        n = _answer_start(head, full)
-        ids += full
-        mask += [False] * n + [True] * (len(full) - n)
-    return ids, mask
+    return layout_dialog(tokenizer, messages)
 
 
 def completion_tokens(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[bool]]:
@@ -134,18 +114,8 @@ def completion_tokens(tokenizer, prompt: str, completion: str) -> tuple[list[int
     if not completion:
         raise ChatFormatError("the completion is empty: nothing to train")
     full = tokenizer.encode(prompt + completion, bos=True)
-    n = _answer_start(tokenizer.encode(prompt, bos=True), full)
+    n = answer_start(tokenizer.encode(prompt, bos=True), full)
     return full, [False] * n + [True] * (len(full) - n)
-
-
-def _answer_start(head: list[int], full: list[int]) -> int:
-    """Where the answer begins in full = encode(prompt + answer), given head = encode(prompt). The
-    prompt's tokens usually begin full; where a merge crosses the seam, the answer starts at the
-    first token that differs (always leaving at least one token to train)."""
-    n = 0
-    while n < min(len(head), len(full) - 1) and head[n] == full[n]:
-        n += 1
-    return n
 
 
 def read_examples(path: str | Path, tokenizer):

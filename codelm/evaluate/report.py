@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from codelm.errors import CodelmError
+from codelm.files import atomic_write, pyplot, save_figure
 
 # Reference doc §5.2 (Table 2), §5.3 (Table 4), §5.5 (Table 12), §5.6 (Table 14: the released, LCFT models).
 # Values in percent; keys are codelm benchmark names and pass@k.
@@ -166,36 +167,19 @@ def _plot_passk(rep: dict, path: Path) -> bool:
     ks = sorted(int(k.split("@")[1]) for k in rep["scores"])
     if len(ks) < 2:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = pyplot().subplots(figsize=(5, 3.5))
     ax.plot(ks, [100 * rep["scores"][f"pass@{k}"] for k in ks], marker="o", label="this run")
     ax.set_xscale("log")
     ax.set_xlabel("k")
     ax.set_ylabel("pass@k (%)")
     ax.set_title(rep["benchmark"])
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return True
-
-
-def _save(fig, path: Path) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
 
 
 def write_report(run_dir) -> dict:
     """Write report.json, report.md and passk.png (if more than one k) into a finished run folder."""
-    from codelm.files import atomic_write
-
     run_dir = Path(run_dir)
     rep = load_run(run_dir)
     rep["plots"] = ["passk.png"] if _plot_passk(rep, run_dir / "passk.png") else []
@@ -226,8 +210,6 @@ def scores_of(path) -> dict[str, dict[str, float]]:
 
 def write_suite(path) -> dict:
     """suite.json, suite.md and, with MultiPL-E runs, multipl_e.png (pass@1 per language)."""
-    from codelm.files import atomic_write
-
     path = Path(path)
     scores = scores_of(path)
     ks = sorted({k for s in scores.values() for k in s}, key=lambda k: int(k.split("@")[1]))
@@ -236,21 +218,14 @@ def write_suite(path) -> dict:
     langs = {b.removeprefix("multipl-e-"): s.get("pass@1") for b, s in scores.items() if b.startswith("multipl-e-")}
     plots = []
     if langs:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         from codelm.evaluate.benchmarks.multipl_e import NAMES
 
         names = sorted(langs)
-        fig, ax = plt.subplots(figsize=(1 + 0.8 * len(names), 3.5))
+        fig, ax = pyplot().subplots(figsize=(1 + 0.8 * len(names), 3.5))
         ax.bar([NAMES.get(n, n) for n in names], [100 * (langs[n] or 0) for n in names])
         ax.set_ylabel("pass@1 (%)")
         ax.set_title("MultiPL-E")
-        fig.tight_layout()
-        _save(fig, path / "multipl_e.png")
-        plt.close(fig)
+        save_figure(fig, path / "multipl_e.png", dpi=100)
         plots.append("multipl_e.png")
         lines += ["", "![MultiPL-E pass@1 per language](multipl_e.png)"]
     atomic_write(path / "suite.md", "\n".join(lines) + "\n")

@@ -6,10 +6,12 @@ can be overridden from the command line as `section.key=value` (the value is
 read as TOML, and as a plain string when it is not valid TOML).
 
 Relative paths in a recipe are relative to the current directory.
-See recipes/*.toml for annotated examples.
+See codelm/recipes/*.toml for annotated examples; they ship with the package and are found by name
+(`codelm train demo`).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codelm.errors import ConfigError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"  # shipped inside the package
 
 try:
     import tomllib
@@ -250,20 +254,79 @@ def recipe_from_dict(raw: dict, where: str = "recipe") -> Recipe:
     return recipe
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"recipe {p} not found")
+def shipped_recipes() -> list[str]:
+    return sorted(p.name for p in RECIPES_DIR.glob("*.toml"))
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: the path itself when it exists, else a recipe shipped in the package by name
+    (`demo`, `demo.toml`, `recipes/demo.toml`)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    name = p.name if p.suffix == ".toml" else p.name + ".toml"
+    if (RECIPES_DIR / name).is_file():
+        return RECIPES_DIR / name
+    raise ConfigError(f"recipe {name_or_path} not found (not a file, nor a shipped recipe: "
+                      f"{', '.join(shipped_recipes())})")
+
+
+def read_raw_recipe(name_or_path: str | Path) -> tuple[dict, Path]:
+    """The TOML table of a recipe (see find_recipe) before validation, and where it was found."""
+    p = find_recipe(name_or_path)
     try:
-        raw = _toml().loads(p.read_text(encoding="utf-8"))
+        return _toml().loads(p.read_text(encoding="utf-8")), p
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a UTF-8 text file") from None
     except Exception as e:
         if tomllib is not None and isinstance(e, tomllib.TOMLDecodeError):
             raise ConfigError(f"{p}: not valid TOML ({e})") from None
         raise
-    where = str(p) if not overrides else f"{p} (with --set {' '.join(overrides)})"
-    return recipe_from_dict(apply_overrides(raw, overrides or []), where)
+
+
+def with_settings(raw: dict, settings: dict) -> dict:
+    """A copy of a raw recipe with typed settings applied: {"train.max_steps": 30, "model.init_from": None}
+    (None removes the key). For a program's own changes; a user's --set strings go through apply_overrides."""
+    raw = copy.deepcopy(raw)
+    for dotted, value in settings.items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = copy.deepcopy(value)
+    return raw
+
+
+def whole_sequences(raw: dict) -> dict:
+    """Make a raw recipe's batch a whole number of sequences and its micro-batch a divisor of that, as the
+    training loop requires, after a program changed the length (the lab's --seq-len and fine-tune factor)."""
+    t, d = raw.setdefault("train", {}), raw.get("data", {})
+    seq = d.get("seq_len", 4096)
+    seqs = max(1, t.get("batch_tokens", seq) // seq)
+    t["batch_tokens"] = seqs * seq
+    micro = min(t.get("micro_batch_size", 1), seqs)
+    while seqs % micro:
+        micro -= 1
+    t["micro_batch_size"] = micro
+    return raw
+
+
+def build_recipe(raw: dict, where: str, overrides: list[str] | None = None, settings: dict | None = None,
+                 fit_batch: bool = False) -> Recipe:
+    """A validated Recipe from a raw table: the user's --set `overrides` first, then a program's typed
+    `settings` (see with_settings); `fit_batch` re-fits the batch to a length the program changed."""
+    raw = with_settings(apply_overrides(copy.deepcopy(raw), overrides or []), settings or {})
+    return recipe_from_dict(whole_sequences(raw) if fit_batch else raw, where)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, settings: dict | None = None) -> Recipe:
+    """Read and validate a recipe (a path, or a shipped recipe's name); see build_recipe."""
+    raw, p = read_raw_recipe(path)
+    return build_recipe(raw, str(p) if not overrides else f"{p} (with --set {' '.join(overrides)})",
+                        overrides, settings)
 
 
 # --------------------------------------------------------------- validation
