@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from codelm.errors import CodelmError, DataError
+from codelm.generate.stops import cut  # noqa: F401 - the benchmarks cut generations with it
 
 # BigCode harness, HumanEval task: the model has finished the function once it starts a new
 # top-level statement (class, def, comment, decorator, print, if) or closes a markdown block.
@@ -80,15 +81,6 @@ class Protocol:
 
 
 # ----------------------------------------------------------------------------- helpers
-def cut(text: str, stops) -> str:
-    best = len(text)
-    for s in stops:
-        i = text.find(s) if s else -1
-        if 0 <= i < best:
-            best = i
-    return text[:best]
-
-
 _CODE_BLOCK = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)(?:```|$)", re.S)
 _PYTHON_TAGS = re.compile(r"\[PYTHON\](.*?)(?:\[/PYTHON\]|$)", re.S)
 

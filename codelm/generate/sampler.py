@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 from codelm.model.llama import KVCache, Transformer
+from codelm.generate.stops import find_stop
 
 
 @dataclass
@@ -72,15 +73,6 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     logits = top_k_filter(logits / params.temperature, params.top_k)
     probs = top_p_filter(torch.softmax(logits.float(), dim=-1), params.top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def _find_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
-    best = None
-    for s in stops:
-        i = text.find(s)
-        if i >= 0 and (best is None or i < best[0]):
-            best = (i, s)
-    return best
 
 
 def _stable_text(text: str) -> str:
@@ -148,7 +140,7 @@ def generate(
             out_tokens[i].append(tok)
             if stops or on_text is not None:
                 texts[i] = decode(out_tokens[i])
-                hit = _find_stop(texts[i], stops) if stops else None
+                hit = find_stop(texts[i], stops) if stops else None
                 if hit is not None:
                     done[i] = True
                     cut = texts[i][: hit[0]]

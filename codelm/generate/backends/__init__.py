@@ -13,67 +13,18 @@ resumed without generating any sample twice.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Callable
 
 from codelm.errors import CodelmError, ConfigError
+from codelm.generate.backends.base import Backend, Completion, Request, default_device  # noqa: F401
+from codelm.generate.stops import cut_at_stop  # noqa: F401 - the backends' stop cut
 
 BACKENDS = ("native", "hf", "openai")
 
-
-@dataclass(frozen=True)
-class Request:
-    prompt: str  # the completion prompt, or the infilling prefix
-    suffix: str | None = None  # set for infilling
-    spm: bool = False  # infilling layout: suffix-prefix-middle instead of prefix-suffix-middle
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-    @property
-    def infilling(self) -> bool:
-        return self.suffix is not None
-
-    def batch_key(self) -> tuple:
-        """Requests with equal keys can share one batch (everything but the texts and the seed)."""
-        return (self.infilling, self.spm, self.max_new_tokens, self.temperature, self.top_p, self.stop)
-
-    def cache_key(self, sample: int) -> str:
-        data = json.dumps({**asdict(self), "stop": list(self.stop), "sample": sample}, sort_keys=True)
-        return hashlib.sha256(data.encode("utf-8")).hexdigest()
-
-
-@dataclass
-class Completion:
-    text: str
-    finish_reason: str = "stop"  # "stop" (a stop token or string) or "length"
-    tokens: int | None = None  # generated tokens, when the backend knows
-
-
-class Backend(Protocol):
-    name: str
-    batch_size: int
-
-    def identity(self) -> dict: ...
-
-    def generate(self, requests: list[Request]) -> list[Completion]: ...
-
-
-def cut_at_stop(text: str, stops: Iterable[str]) -> tuple[str, bool]:
-    """Text before the earliest stop string, and whether one was found."""
-    best = None
-    for s in stops:
-        if s:
-            i = text.find(s)
-            if i >= 0 and (best is None or i < best):
-                best = i
-    return (text, False) if best is None else (text[:best], True)
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -183,19 +134,6 @@ def generate_all(backend: Backend, items: list[tuple[Request, int]], cache: Gene
     bar.close()
     stats.seconds = round(time.monotonic() - started, 3)
     return results, stats
-
-
-def default_device(device: str | None, dtype: str | None) -> tuple[str, str]:
-    """CUDA with bfloat16 when a GPU is there, else CPU with float32 (bfloat16 matmuls crawl on CPUs)."""
-    import torch
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype is None:
-        dtype = "float32" if device == "cpu" else "bfloat16"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    return device, dtype
 
 
 def make_backend(kind: str, location: str, batch_size: int | None = None, device: str | None = None,

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from codelm.errors import CheckpointError, TokenizerError
-from codelm.generate.backends import Completion, Request, cut_at_stop
+from codelm.generate.backends.base import Completion, Request, default_device
+from codelm.generate.stops import cut_at_stop
 
 
 class HFBackend:
@@ -20,7 +21,6 @@ class HFBackend:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from codelm.generate.backends import default_device
         from codelm.tokenizer import Tokenizer
 
         device, dtype = default_device(device, dtype)

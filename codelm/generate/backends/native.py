@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from codelm.errors import TokenizerError
-from codelm.generate.backends import Completion, Request, default_device
+from codelm.generate.backends.base import Completion, Request, default_device
 
 
 class NativeBackend:

@@ -25,7 +25,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from codelm.errors import CodelmError, ConfigError
-from codelm.generate.backends import Completion, Request, cut_at_stop
+from codelm.generate.backends.base import Completion, Request
+from codelm.generate.stops import cut_at_stop
 
 INFILL_MODES = ("suffix", "tokens", "llama.cpp")
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
