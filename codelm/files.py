@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
@@ -92,3 +93,68 @@ def save_figure(fig, path: str | Path, dpi: int | None = None) -> None:
         atomic_write_stream(path, lambda f: fig.savefig(f, format="png", dpi=dpi), binary=True)
     finally:
         pyplot().close(fig)
+
+
+class AppendLog:
+    """An append-only JSONL record that a killed run resumes from: line 1 identifies the run (`header`),
+    each further line is one finished item. A last line torn by a crash is dropped when the log is
+    opened (the file is rewritten first, so nothing is ever appended after a torn line). Every line
+    is flushed at once (it survives the process being killed) and synced to disk at least once a
+    second and on close (it survives the machine going down, but for the last second)."""
+
+    SYNC_EVERY_S = 1.0
+
+    def __init__(self, path: str | Path, header: dict, what: str = "record", other_run: str = "belongs to another run"):
+        self.path = Path(path)
+        self.header = header
+        self.what = what  # names the file in errors: "generation cache", "score journal"
+        self.other_run = other_run  # what a log with another header is, in its error
+        self._file = None
+        self._synced = 0.0
+
+    def read(self) -> list[dict] | None:
+        """The items of an existing log (None when there is none); a log of another run is refused."""
+        if not self.path.exists():
+            return None
+        lines = self.path.read_text(encoding="utf-8", errors="replace").split("\n")
+        try:
+            header = json.loads(lines[0])
+        except (json.JSONDecodeError, IndexError):
+            raise DataError(f"{self.path}: not a codelm {self.what}; delete it to start over") from None
+        if header != self.header:
+            raise DataError(f"{self.path} {self.other_run} ({header}); use another output folder, "
+                            "or delete it to start over")
+        items = []
+        for line in lines[1:]:
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the torn last line of a killed run
+            if isinstance(item, dict):
+                items.append(item)
+        return items
+
+    def open(self, items: Iterable[dict] = ()) -> "AppendLog":
+        """Write the header and `items` (what was kept of an earlier log), then append from there."""
+        atomic_write(self.path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in [self.header, *items]))
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._synced = time.monotonic()
+        return self
+
+    def append(self, item: dict) -> None:
+        self._file.write(json.dumps(item, ensure_ascii=False) + "\n")
+        self._file.flush()
+        if time.monotonic() - self._synced >= self.SYNC_EVERY_S:
+            os.fsync(self._file.fileno())
+            self._synced = time.monotonic()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+    def remove(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from codelm.errors import CodelmError, ConfigError, DataError
-from codelm.evaluate import datasets
+from codelm.benchdata import files as datasets
 from codelm.evaluate.benchmarks import apps, apps_check, ds1000, lcc
 from codelm.evaluate.eval import EvalConfig, run_eval
 from codelm.evaluate.protocols import get_protocol

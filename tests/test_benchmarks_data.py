@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from codelm.errors import CodelmError, DataError
-from codelm.evaluate import datasets
+from codelm.benchdata import files as datasets
 from codelm.evaluate.benchmarks import list_benchmarks, load_benchmark, load_problems
 
 COUNTS = {

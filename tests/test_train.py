@@ -393,4 +393,4 @@ def test_a_wheel_ships_the_recipes(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {f"codelm/recipes/{p.name}" for p in RECIPES_DIR.glob("*.toml")}
     assert "codelm/recipes/demo.toml" in shipped and shipped <= names
-    assert "codelm/evaluate/zygote.py" in names
+    assert "codelm/evaluate/zygote.py" in names and "codelm/benchdata/multipl_e_sha256.json" in names

@@ -34,13 +34,14 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from codelm.data.decontam import BenchmarkIndex, build_benchmark_index, fingerprint_data_dir
 from codelm.files import atomic_write_stream, iter_jsonl
 from codelm.errors import ConfigError, DataError
 
@@ -271,124 +272,6 @@ def _minhash(sig: list[int], num_perm: int):
     return MinHash(num_perm=num_perm, scheme=MINHASH_SCHEME, hashvalues=np.asarray(sig, dtype=np.uint64))
 
 
-# ----------------------------------------------------------- decontamination
-WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-DECONTAM_BENCHMARKS = ["humaneval", "humaneval+", "mbpp", "mbpp+",
-                       "humaneval-infilling-single-line", "humaneval-infilling-multi-line",
-                       "humaneval-infilling-random-span", "humaneval-infilling-random-span-light"]
-
-
-def _word_ngrams(text: str, n: int) -> set[int]:
-    words = WORD.findall(text)
-    return {hash(tuple(words[i:i + n])) for i in range(len(words) - n + 1)}
-
-
-@dataclass
-class BenchmarkIndex:
-    """Word n-grams of benchmark texts: n-gram hash -> indexes of the texts holding it."""
-    n: int
-    labels: list[str]          # "benchmark:task_id:part" per text
-    sizes: list[int]           # distinct n-grams per text
-    postings: dict[int, list[int]]
-    benchmarks: list[str]      # those that were loaded
-    missing: list[str]         # those that could not be
-
-    def matches(self, text: str, min_matches: int, min_fraction: float) -> list[dict]:
-        hits: Counter = Counter()
-        for g in _word_ngrams(text, self.n):
-            for t in self.postings.get(g, ()):
-                hits[t] += 1
-        found = []
-        for t, c in hits.items():
-            if c >= min_matches and c >= min_fraction * self.sizes[t]:
-                found.append({"text": self.labels[t], "shared": c, "of": self.sizes[t]})
-        return sorted(found, key=lambda h: (-h["shared"] / h["of"], h["text"]))
-
-
-def benchmark_texts(problem: dict) -> dict[str, str]:
-    """The texts of one problem that must not be trained on: prompt, solution, and both together."""
-    prompt = problem.get("prompt") or ""
-    solution = problem.get("canonical_solution") or ""
-    suffix = problem.get("suffix") or ""
-    texts = {"prompt": prompt, "solution": solution, "program": prompt + solution + suffix}
-    return {k: v for k, v in texts.items() if v.strip()}
-
-
-_INDEX_CACHE: dict[tuple, BenchmarkIndex] = {}
-
-
-def build_benchmark_index(data_dir: str | None, n: int,
-                          names: list[str] | None = None) -> BenchmarkIndex:
-    """The n-gram index of every benchmark text (cached per process: it takes seconds to build)."""
-    where = data_dir or os.environ.get("CODELM_DATA_DIR")
-    key = (where, _fingerprint_data_dir(where), n, tuple(names or DECONTAM_BENCHMARKS))
-    if key not in _INDEX_CACHE:
-        _INDEX_CACHE.clear()
-        _INDEX_CACHE[key] = _build_benchmark_index(data_dir, n, names)
-    return _INDEX_CACHE[key]
-
-
-def _build_benchmark_index(data_dir: str | None, n: int, names: list[str] | None) -> BenchmarkIndex:
-    from codelm.evaluate.benchmarks import load_problems
-
-    labels: list[str] = []
-    sizes: list[int] = []
-    postings: dict[int, list[int]] = defaultdict(list)
-    seen_texts: set[str] = set()
-    loaded, missing = [], []
-    for name in names or DECONTAM_BENCHMARKS:
-        try:
-            problems = load_problems(name, data_dir=data_dir)
-        except Exception as e:  # a missing benchmark is reported, the others still count
-            missing.append(f"{name} ({e})")
-            continue
-        loaded.append(name)
-        for prob in problems:
-            for part, text in benchmark_texts(prob).items():
-                if text in seen_texts:      # the infilling sets repeat HumanEval's programs
-                    continue
-                seen_texts.add(text)
-                grams = _word_ngrams(text, n)
-                if not grams:
-                    continue
-                idx = len(labels)
-                labels.append(f"{name}:{prob.get('task_id')}:{part}")
-                sizes.append(len(grams))
-                for g in grams:
-                    postings[g].append(idx)
-    # MultiPL-E (evaluation only, by its licence) has prompts in 20 languages, no solutions.
-    folder = Path(data_dir or os.environ.get("CODELM_DATA_DIR") or "") / "multipl_e"
-    translated = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    for f in translated:
-        for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                row = json.loads(line)
-                prompt = row.get("prompt") or ""
-            except (json.JSONDecodeError, AttributeError):
-                raise DataError(f"{f}:{i}: not a JSON object") from None
-            grams = _word_ngrams(prompt, n) if prompt not in seen_texts else set()
-            seen_texts.add(prompt)
-            if grams:
-                for g in grams:
-                    postings[g].append(len(labels))
-                labels.append(f"multipl-e/{f.stem}:{row.get('name')}:prompt")
-                sizes.append(len(grams))
-    if translated:
-        loaded.append(f"multipl-e ({len(translated)} files)")
-    return BenchmarkIndex(n, labels, sizes, dict(postings), loaded, missing)
-
-
-def _fingerprint_data_dir(data_dir: str | None) -> str:
-    if not data_dir or not Path(data_dir).is_dir():
-        return "default"
-    h = hashlib.sha256()
-    for p in sorted(Path(data_dir).rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.relative_to(data_dir)}:{st.st_size}:{int(st.st_mtime)}\n".encode())
-    return h.hexdigest()[:16]
-
-
 # --------------------------------------------------------------------- scan
 def scan_file(path: str, file: Path, opts: CorpusOptions, bench: BenchmarkIndex | None) -> dict:
     """Everything the corpus-wide stages need to know about one file (not its text)."""
@@ -487,7 +370,7 @@ def build_corpus(out: str | Path, sources: list[str] | None = None, data_dir: st
 
     # A previous scan is reused only if it was made with the same sources, settings and benchmarks.
     state = {"sources": [str(s.root) for s in srcs], "options": asdict(opts),
-             "data": _fingerprint_data_dir(data_dir), "benchmarks": bench.benchmarks}
+             "data": fingerprint_data_dir(data_dir), "benchmarks": bench.benchmarks}
     state_path, scan_path = work / "state.json", work / "scan.jsonl"
     old_state = json.loads(state_path.read_text()) if state_path.exists() else None
     if old_state != state:

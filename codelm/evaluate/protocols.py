@@ -37,12 +37,9 @@ lcc-LANG, lcc-LANG-4k  single-line completion scored by exact match, edit simila
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from typing import Callable
-
 from codelm.errors import CodelmError, DataError
-from codelm.generate.stops import cut  # noqa: F401 - the benchmarks cut generations with it
+from codelm.evaluate.benchmarks import apps, ds1000, gsm8k, lcc, load_problems, multipl_e
+from codelm.evaluate.task import PYTHON_TAGS, Protocol, Task, cut, extract_code  # noqa: F401 - re-exported
 
 # BigCode harness, HumanEval task: the model has finished the function once it starts a new
 # top-level statement (class, def, comment, decorator, print, if) or closes a markdown block.
@@ -53,47 +50,6 @@ MBPP_STOP = ("[DONE]",)
 INFILLING_SETS = ("single-line", "multi-line", "random-span", "random-span-light")
 
 
-@dataclass
-class Task:
-    task_id: str
-    prompt: str  # the completion prompt, or the infilling prefix
-    suffix: str | None = None
-    stop: tuple[str, ...] = ()
-    meta: dict = field(default_factory=dict)
-
-
-@dataclass
-class Protocol:
-    name: str
-    benchmark: str  # what scores it: a runner benchmark name, "multipl-e-LANG", "gsm8k" or "gsm8k-pal"
-    scorer: str  # "runner" (codelm.evaluate.runner.score), "multipl-e" (the runner, toolchain proven first) or "gsm8k"
-    load_tasks: Callable[[str | None], list[Task]]
-    postprocess: Callable[[Task, str], str]
-    spm: bool = False
-    max_new_tokens: int = 512
-    sample_field: str = "completion"  # the samples-file field the scorer reads
-    paper: str = ""  # where the paper reports it
-    sample_temperature: float = 0.8  # the default temperature when n > 1 (App. C; APPS: 0.6)
-    ks: tuple[int, ...] = (1, 10, 100)  # pass@k reported (those <= n)
-    # Called with (tasks, backend) once the backend exists: prompts that depend on the model's
-    # tokenizer (LCC's last-4,000-token window) are cut here.
-    adapt_tasks: Callable | None = None
-
-
-# ----------------------------------------------------------------------------- helpers
-_CODE_BLOCK = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)(?:```|$)", re.S)
-_PYTHON_TAGS = re.compile(r"\[PYTHON\](.*?)(?:\[/PYTHON\]|$)", re.S)
-
-
-def extract_code(text: str) -> str:
-    """The code of a chat answer: its first ``` block or [PYTHON] ... [/PYTHON] block, else the text."""
-    for pattern in (_PYTHON_TAGS, _CODE_BLOCK):
-        m = pattern.search(text)
-        if m:
-            return m.group(1).strip("\n") + "\n"
-    return text
-
-
 # ----------------------------------------------------------------------------- HumanEval
 def humaneval_prompt(problem: dict) -> str:
     return problem["prompt"].strip()
@@ -101,8 +57,6 @@ def humaneval_prompt(problem: dict) -> str:
 
 def _humaneval_tasks(name):
     def load(data_dir):
-        from codelm.evaluate.benchmarks import load_problems
-
         return [Task(p["task_id"], humaneval_prompt(p), stop=HUMANEVAL_STOP) for p in load_problems(name, data_dir)]
     return load
 
@@ -115,8 +69,6 @@ def humaneval_post(task: Task, text: str) -> str:
 
 # ----------------------------------------------------------------------------- MBPP
 def _mbpp_rows(data_dir) -> dict[int, dict]:
-    from codelm.evaluate.benchmarks import load_problems
-
     return {p["mbpp_id"]: p for p in load_problems("mbpp", data_dir)}
 
 
@@ -142,8 +94,6 @@ def mbpp_prompt(rows: dict[int, dict], number: int) -> str:
 
 def _mbpp_tasks(plus: bool):
     def load(data_dir):
-        from codelm.evaluate.benchmarks import load_problems
-
         rows = _mbpp_rows(data_dir)
         if plus:
             numbers = [p["mbpp_id"] for p in load_problems("mbpp+", data_dir)]
@@ -182,15 +132,13 @@ def _mbpp_instruct_tasks(data_dir):
 
 
 def mbpp_instruct_post(task: Task, text: str) -> str:
-    code = _PYTHON_TAGS.search(text)
+    code = PYTHON_TAGS.search(text)
     return (code.group(1).strip("\n") + "\n") if code else text
 
 
 # ----------------------------------------------------------------------------- infilling
 def _infilling_tasks(which: str):
     def load(data_dir):
-        from codelm.evaluate.benchmarks import load_problems
-
         return [Task(p["task_id"], p["prompt"], suffix=p["suffix"])
                 for p in load_problems(f"humaneval-infilling-{which}", data_dir)]
     return load
@@ -226,8 +174,6 @@ def _protocols() -> dict[str, Protocol]:
             name = bench + ("-spm" if spm else "")
             p[name] = Protocol(name, bench, "runner", _infilling_tasks(which), post, spm=spm, max_new_tokens=tokens,
                                paper="Table 14")
-    from codelm.evaluate.benchmarks import gsm8k, multipl_e
-
     for lang in multipl_e.LANGUAGES:
         name = f"multipl-e-{lang}"
         p[name] = Protocol(name, name, "multipl-e", multipl_e.task_loader(lang), multipl_e.postprocess,
@@ -236,8 +182,6 @@ def _protocols() -> dict[str, Protocol]:
                           sample_field="completion", paper="Table 12")
     p["gsm8k-pal"] = Protocol("gsm8k-pal", "gsm8k-pal", "gsm8k", gsm8k.pal_tasks, gsm8k.pal_postprocess,
                               max_new_tokens=256, paper="Table 12 (method not given in the paper)")
-    from codelm.evaluate.benchmarks import apps, ds1000, lcc
-
     p.update(apps.protocols())
     p.update(ds1000.protocols())
     p.update(lcc.protocols())

@@ -37,7 +37,9 @@ from pathlib import Path
 
 from codelm.files import iter_jsonl
 from codelm.errors import CodelmError, DataError
-from codelm.evaluate.datasets import ExternalFile, locate_external
+from codelm.benchdata.files import ExternalFile, locate_external
+from codelm.evaluate.scoring import read_samples, summarize
+from codelm.evaluate.task import Protocol, Task, cut, extract_code
 
 SOURCE = ExternalFile(
     benchmark="APPS", folder="apps", names=("test.jsonl", "test.jsonl.gz"),
@@ -162,8 +164,6 @@ def prompt(problem: dict) -> str:
 
 def task_loader(difficulty: str | None):
     def load(data_dir):
-        from codelm.evaluate.protocols import Task
-
         problems = load_problems(difficulty, data_dir)
         usable = [p for p in problems if p["test_count"]]
         if len(usable) < len(problems):
@@ -174,16 +174,12 @@ def task_loader(difficulty: str | None):
 
 
 def postprocess(task, text: str) -> str:
-    from codelm.evaluate.protocols import cut, extract_code
-
     if "```" in text:  # a chat model's fenced answer (--chat)
         text = extract_code(text)
     return cut(text, STOP).strip("\n") + "\n"
 
 
 def protocols() -> dict:
-    from codelm.evaluate.protocols import Protocol
-
     found = {}
     for difficulty in (None,) + DIFFICULTIES:
         name = "apps" if difficulty is None else f"apps-{difficulty}"
@@ -226,8 +222,6 @@ def score(benchmark: str, samples_path, out_path, data_dir=None, workers: int | 
     """Score a samples JSONL (task_id "APPS/N", completion = the whole program) in the sandbox.
 
     `timeout` is the CPU limit per test case (default 4 s, as APPS)."""
-    from codelm.evaluate.benchmarks.multipl_e import read_samples, summarize
-
     started = time.monotonic()
     difficulty = benchmark.removeprefix("apps").removeprefix("-") or None
     path, sha256 = locate_external(SOURCE, data_dir)

@@ -27,7 +27,9 @@ from pathlib import Path
 
 from codelm.files import iter_jsonl
 from codelm.errors import CodelmError, DataError
-from codelm.evaluate.datasets import ExternalFile, locate_external
+from codelm.benchdata.files import ExternalFile, locate_external
+from codelm.evaluate.scoring import read_samples, summarize
+from codelm.evaluate.task import Protocol, Task
 
 SOURCE = ExternalFile(
     benchmark="DS-1000", folder="ds1000", names=("ds1000.jsonl.gz", "ds1000.jsonl", "test.jsonl"),
@@ -94,8 +96,6 @@ def missing_modules(problem: dict, installed=None) -> list[str]:
 
 # ----------------------------------------------------------------------------- protocol
 def tasks(data_dir=None):
-    from codelm.evaluate.protocols import Task
-
     return [Task(p["task_id"], p["prompt"], stop=STOP, meta={"library": p["library"]})
             for p in load_problems(data_dir)]
 
@@ -108,8 +108,6 @@ def postprocess(task, text: str) -> str:
 
 
 def protocols() -> dict:
-    from codelm.evaluate.protocols import Protocol
-
     return {"ds1000": Protocol("ds1000", "ds1000", "ds1000", tasks, postprocess, max_new_tokens=1024,
                                paper="not in the paper (DS-1000, Lai et al. 2023)")}
 
@@ -139,8 +137,6 @@ def score(benchmark: str, samples_path, out_path, data_dir=None, workers: int | 
     `timeout`: seconds per problem (default 120, as DS-1000)."""
     from codelm.evaluate import passk
     from codelm.evaluate.benchmarks.apps import run_journaled
-    from codelm.evaluate.benchmarks.multipl_e import read_samples, summarize
-
     started = time.monotonic()
     path, sha256 = locate_external(SOURCE, data_dir)
     problems = {p["task_id"]: p for p in read_problems(path)}

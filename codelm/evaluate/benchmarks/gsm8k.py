@@ -23,13 +23,12 @@ import sys
 import time
 from pathlib import Path
 
+from codelm.benchdata.problems import load_gsm8k as load  # noqa: F401 - the split's problems
 from codelm.files import iter_jsonl
 from codelm.errors import DataError
+from codelm.evaluate.scoring import summarize
+from codelm.evaluate.task import Task, cut
 
-SOURCE = ("https://raw.githubusercontent.com/openai/grade-school-math/3101c7d5072418e28b9008a6636bde82a006892c/"
-          "grade_school_math/data/")
-SHA256 = {"test.jsonl": "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
-          "train.jsonl": "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"}
 COT_SHOTS = 8
 COT_STOP = ("\n\nQuestion:", "\nQuestion:")
 PAL_STOP = ("\n\n\n", "\n# Question:", "\nQuestion:")
@@ -51,36 +50,6 @@ PAL_SHOTS = (
 )
 
 
-def data_path(name: str, data_dir=None) -> Path:
-    folders = [Path(d) for d in (data_dir, os.environ.get("CODELM_DATA_DIR")) if d]
-    for folder in folders:
-        for path in (folder / "gsm8k" / name, folder / name):
-            if path.is_file():
-                from codelm.evaluate.datasets import sha256_of
-
-                got = sha256_of(path)
-                if got != SHA256[name]:
-                    raise DataError(f"{path}: sha256 {got} does not match the pinned {SHA256[name]}")
-                return path
-    raise DataError(f"GSM8K {name} not found in a data folder's gsm8k/ (set --data-dir or CODELM_DATA_DIR); "
-                    f"download it from {SOURCE}{name}")
-
-
-def load(split: str = "test", data_dir=None) -> list[dict]:
-    """Problems with task_id ("gsm8k/N", N counting from 0), question, worked answer and the number."""
-    from codelm.evaluate.benchmarks import read_jsonl
-
-    path = data_path(f"{split}.jsonl", data_dir)
-    rows = []
-    for i, row in enumerate(read_jsonl(path)):
-        if "####" not in row.get("answer", ""):
-            raise DataError(f"{path}:{i + 1}: answer has no '#### N' final line")
-        reasoning, final = row["answer"].rsplit("####", 1)
-        rows.append({"task_id": f"gsm8k/{i}", "question": row["question"], "reasoning": reasoning.strip(),
-                     "expected": final.strip().replace(",", "")})
-    return rows
-
-
 def _clean_reasoning(text: str) -> str:
     return re.sub(r"<<[^>]*>>", "", text).strip()
 
@@ -100,29 +69,21 @@ def pal_prompt(question: str) -> str:
 
 
 def cot_tasks(data_dir=None):
-    from codelm.evaluate.protocols import Task
-
     shots = load("train", data_dir)[:COT_SHOTS]
     return [Task(p["task_id"], cot_prompt(shots, p["question"]), stop=COT_STOP, meta={"expected": p["expected"]})
             for p in load("test", data_dir)]
 
 
 def pal_tasks(data_dir=None):
-    from codelm.evaluate.protocols import Task
-
     return [Task(p["task_id"], pal_prompt(p["question"]), stop=PAL_STOP, meta={"expected": p["expected"]})
             for p in load("test", data_dir)]
 
 
 def cot_postprocess(task, text: str) -> str:
-    from codelm.evaluate.protocols import cut
-
     return cut(text, COT_STOP).strip()
 
 
 def pal_postprocess(task, text: str) -> str:
-    from codelm.evaluate.protocols import cut
-
     # The prompt ends inside `def solution():`; the completion is that function, whole.
     return "def solution():\n" + cut(text, PAL_STOP).rstrip() + "\n"
 
@@ -171,8 +132,6 @@ def run_pal(programs: list[str], workers: int = 2, sandbox: str = "auto") -> lis
 def score(method: str, samples_path, out_path, data_dir=None, workers: int | None = None, sandbox: str = "auto",
           ks=(1,), progress: bool = True) -> dict:
     """Score a samples JSONL (task_id, completion): writes results and a summary like `codelm score`."""
-    from codelm.evaluate.benchmarks.multipl_e import summarize
-
     started = time.monotonic()
     problems = {p["task_id"]: p for p in load("test", data_dir)}
     samples = []

@@ -32,7 +32,9 @@ from pathlib import Path
 
 from codelm.files import iter_jsonl
 from codelm.errors import CodelmError, ConfigError, DataError
-from codelm.evaluate.datasets import ExternalFile, locate_external
+from codelm.benchdata.files import ExternalFile, locate_external
+from codelm.evaluate.scoring import read_samples, summarize
+from codelm.evaluate.task import Protocol, Task
 
 _HF = "https://huggingface.co/datasets/microsoft/"
 SOURCES = {
@@ -112,8 +114,6 @@ def postprocess(task, text: str) -> str:
 
 def task_loader(language: str):
     def load(data_dir):
-        from codelm.evaluate.protocols import Task
-
         return [Task(p["task_id"], p["context"], meta={"language": language})
                 for p in load_problems(language, data_dir)]
     return load
@@ -162,8 +162,6 @@ def shorten_contexts(limit: int):
 
 
 def protocols() -> dict:
-    from codelm.evaluate.protocols import Protocol
-
     found = {}
     for language in LANGUAGES:
         name = f"lcc-{language}"
@@ -213,7 +211,6 @@ def bleu(prediction: str, reference: str, max_n: int = 4) -> float:
 def score(benchmark: str, samples_path, out_path, data_dir=None, workers=None, sandbox: str = "auto", timeout=None,
           ks=(1,), resume: bool = False, progress: bool = True) -> dict:
     """Score a samples JSONL (task_id "LCC-LANG/N", completion = the predicted line); nothing is run."""
-    from codelm.evaluate.benchmarks.multipl_e import read_samples, summarize
     from codelm.files import atomic_write
 
     started = time.monotonic()

@@ -14,31 +14,18 @@ runner (rows, summary, journal, resume) as the Python benchmarks.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from codelm.files import iter_jsonl
-from codelm.errors import CodelmError, DataError
+from codelm.benchdata.problems import MULTIPL_E_LANGUAGES
+from codelm.benchdata.problems import load_multipl_e as load_problems  # noqa: F401 - the language's problems
+from codelm.errors import CodelmError
 from codelm.evaluate import toolchains
 from codelm.evaluate.toolchains import JAVATUPLES, Toolchain, ToolchainError
+from codelm.evaluate.task import Task, cut
 
-SOURCE = "https://raw.githubusercontent.com/nuprl/MultiPL-E/cf9db336f37d5ddcb50f6dbd97c67e5678ecfa96/prompts/"
-SHA256 = {
-    "cpp": "4910aa71c605754136ec9c95efcf458704967d21b3d09ed2a141eaca5a1903a2",
-    "cs": "b79d1a41ab8c704c330856e25eb6148fc9f48d81e35269fc36f754026ca85289",
-    "go": "41f2ce7f82f1a2e5a2b1753cd1a18e26cf216c6c45423f5da3e3351a1894e3f4",
-    "java": "a38a4fab2136b0b7d03236f2c423d2182b2d4a182edd0fa9639305c3afb733a5",
-    "js": "47536b7f7a0221586cdecc16c900ff8e7ba7dd60cc4bab3bddbbc4e866e0cef8",
-    "php": "588a969eb171a380c4ef4e2dcf461fc2617648bc85c25b2ff497b341c5cc6d86",
-    "pl": "faded23384d5494c72221a1220d5a955f1e39136564fe08f1e2c98d3926f8e18",
-    "rs": "3e528744b7b6dcbc8054b489f3928b88901386911ba9bcf908b4f2b53c5bcc87",
-    "sh": "f4a6fc2f6ecf8489bab32584aeeb8a05158bddd51518929fc7fe0010a95210a0",
-    "ts": "dac2c1577ad99503d0c2e1d91ffcc386711ade271462934b604f08b01f7ad0fa",
-}
-LANGUAGES = tuple(SHA256)
+LANGUAGES = MULTIPL_E_LANGUAGES
 NAMES = {"cpp": "C++", "cs": "C#", "go": "Go", "java": "Java", "js": "JavaScript", "php": "PHP", "pl": "Perl",
          "rs": "Rust", "sh": "Bash", "ts": "TypeScript"}
 
@@ -125,62 +112,14 @@ def unavailable(lang: str, sandbox: str = "auto") -> str | None:
     return None
 
 
-# ----------------------------------------------------------------------------- data
-def data_path(lang: str, data_dir=None) -> Path:
-    if lang not in SHA256:
-        raise CodelmError(f"unknown MultiPL-E language {lang!r}; valid: {', '.join(LANGUAGES)}")
-    name = f"humaneval-{lang}-reworded.jsonl"
-    folders = [Path(d) for d in (data_dir, os.environ.get("CODELM_DATA_DIR")) if d]
-    for folder in folders:
-        for path in (folder / "multipl_e" / name, folder / name):
-            if path.is_file():
-                from codelm.evaluate.datasets import sha256_of
-
-                got = sha256_of(path)
-                if got != SHA256[lang]:
-                    raise DataError(f"{path}: sha256 {got} does not match the pinned {SHA256[lang]} "
-                                    f"(expected {SOURCE}{name})")
-                return path
-    raise DataError(f"{name} not found in {' or '.join(str(f / 'multipl_e') for f in folders) or 'any data folder'}; "
-                    f"download it from {SOURCE}{name} into DATA_DIR/multipl_e/")
-
-
-def load_problems(lang: str, data_dir=None) -> list[dict]:
-    from codelm.evaluate.benchmarks import read_jsonl
-
-    path = data_path(lang, data_dir)
-    problems = read_jsonl(path)
-    for i, p in enumerate(problems, 1):
-        for key in ("name", "prompt", "tests", "stop_tokens"):
-            if key not in p:
-                raise DataError(f"{path}:{i}: missing field {key}")
-        if lang == "cs":
-            p["prompt"] = _uncomment_signature(p["prompt"])
-    return problems
-
-
-def _uncomment_signature(prompt: str) -> str:
-    """Every C# prompt at cf9db336 ends with its method's signature commented out ("    //     public static
-    long Add(long x, long y) {"), so the completion would have to restate it; the tests close the method.
-    The signature is put back as code, as the other languages' prompts have theirs."""
-    lines = prompt.split("\n")
-    last = max(i for i, line in enumerate(lines) if line.strip()) if prompt.strip() else 0
-    lines[last] = re.sub(r"^(\s*)//\s+(public static .*\{\s*)$", r"\1\2", lines[last])
-    return "\n".join(lines)
-
-
 def task_loader(lang: str):
     def load(data_dir):
-        from codelm.evaluate.protocols import Task
-
         return [Task(p["name"], p["prompt"], stop=tuple(p["stop_tokens"]), meta={"language": lang})
                 for p in load_problems(lang, data_dir)]
     return load
 
 
 def postprocess(task, text: str) -> str:
-    from codelm.evaluate.protocols import cut
-
     return cut(text, task.stop)
 
 
@@ -272,40 +211,3 @@ class MultiPLEBenchmark:
     def row_fields(self, results) -> dict:
         passed, reason = verdict(self.lang, results)
         return {"passed": passed, "result": reason}
-
-
-def read_samples(path: Path, problems: dict) -> list[dict]:
-    samples = []
-    for lineno, s in iter_jsonl(path):
-        if not isinstance(s.get("completion"), str):
-            raise DataError(f"{path}:{lineno}: expected an object with a string field completion")
-        if s.get("task_id") not in problems:
-            raise DataError(f"{path}:{lineno}: unknown task_id {s.get('task_id')!r} (ids look like "
-                            f"{next(iter(problems))!r})")
-        samples.append(s)
-    if not samples:
-        raise DataError(f"{path}: no samples")
-    return samples
-
-
-def summarize(name: str, rows: list[dict], ks, out_path: Path, extra: dict) -> dict:
-    """The summary `codelm score` writes (pass@k over tasks, counts, per-task table), for non-runner scorers."""
-    from codelm.evaluate import passk
-    from codelm.files import atomic_write
-
-    counts: dict[str, list[int]] = {}
-    for r in rows:
-        c = counts.setdefault(r["task_id"], [0, 0])
-        c[0] += 1
-        c[1] += bool(r["passed"])
-    counts = {k: tuple(v) for k, v in counts.items()}
-    ks = passk.parse_ks(ks)
-    timed_out = sum(1 for r in rows if r["result"] == "timed out")
-    passed = sum(1 for r in rows if r["passed"])
-    summary = {"benchmark": name, "samples": len(rows), "tasks": len(counts), **passk.totals(counts, ks),
-               "passed": passed, "failed": len(rows) - passed - timed_out, "timed_out": timed_out, **extra,
-               "results": str(out_path)}
-    summary_path = out_path.with_name(out_path.name.removesuffix(".jsonl") + "_summary.json")
-    atomic_write(summary_path, json.dumps({**summary, "per_task": passk.per_task_table(counts, ks)}, indent=1) + "\n")
-    summary["summary"] = str(summary_path)
-    return summary

@@ -13,13 +13,12 @@ resumed without generating any sample twice.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
-from codelm.errors import CodelmError, ConfigError
+from codelm.errors import CodelmError, ConfigError, DataError
+from codelm.files import AppendLog
 from codelm.generate.backends.base import Backend, Completion, Request, default_device  # noqa: F401
 from codelm.generate.stops import cut_at_stop  # noqa: F401 - the backends' stop cut
 
@@ -29,40 +28,23 @@ BACKENDS = ("native", "hf", "openai")
 
 # ----------------------------------------------------------------------------- the cache
 class GenerationCache:
-    """Append-only JSONL: line 1 names the run (backend identity), then one line per generation.
-
-    A line cut short by a crash is ignored when the cache is read back."""
+    """Append-only JSONL (codelm.files.AppendLog): line 1 names the run (backend identity), then one line
+    per generation. A line cut short by a crash is ignored when the cache is read back."""
 
     def __init__(self, path: str | os.PathLike, header: dict):
-        self.path = Path(path)
-        self.header = {"codelm_generation_cache": 1, **header}
+        self.log = AppendLog(path, {"codelm_generation_cache": 1, **header}, "generation cache",
+                             other_run="was written by a different backend or model")
+        self.path, self.header = self.log.path, self.log.header
         self.entries: dict[str, dict] = {}
-        self._file = None
 
     def open(self) -> "GenerationCache":
-        if self.path.exists():
-            lines = self.path.read_text(encoding="utf-8", errors="replace").split("\n")
-            try:
-                header = json.loads(lines[0])
-            except (json.JSONDecodeError, IndexError):
-                raise CodelmError(f"{self.path}: not a codelm generation cache; delete it to start over") from None
-            if header != self.header:
-                raise CodelmError(f"{self.path} was written by a different backend or model ({header}); "
-                                  "use another --out folder, or delete the cache to start over")
-            for line in lines[1:]:
-                try:
-                    entry = json.loads(line)
+        try:
+            for entry in self.log.read() or []:
+                if "key" in entry:
                     self.entries[entry["key"]] = entry
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # the torn last line of a killed run
-        # Rewrite so that a torn last line is gone before anything is appended after it.
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(self.header) + "\n")
-            for entry in self.entries.values():
-                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.path)
-        self._file = open(self.path, "a", encoding="utf-8")
+        except DataError as e:
+            raise CodelmError(str(e)) from None
+        self.log.open(self.entries.values())
         return self
 
     def get(self, key: str) -> Completion | None:
@@ -73,13 +55,10 @@ class GenerationCache:
         entry = {"key": key, "text": completion.text, "finish_reason": completion.finish_reason,
                  "tokens": completion.tokens}
         self.entries[key] = entry
-        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self._file.flush()  # the OS has it: survives the process being killed
+        self.log.append(entry)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self.log.close()
 
 
 @dataclass

