@@ -104,12 +104,12 @@ def _fingerprint(obj) -> str:
 
 def _load_raw_recipe(name_or_path: str) -> tuple[dict, Path]:
     from codelm.demo import find_recipe
-    from codelm.train.recipe import _toml
+    from codelm.train.recipe import parse_toml
 
     p = Path(name_or_path)
     path = p if p.is_file() else find_recipe(name_or_path)
     try:
-        return _toml().loads(path.read_text(encoding="utf-8")), path
+        return parse_toml(path.read_text(encoding="utf-8")), path
     except Exception as e:
         raise ConfigError(f"{path}: not a readable recipe ({e})") from None
 
