@@ -72,7 +72,8 @@ def seconds_per_step(recipe) -> float:
     from codelm.model.config import ModelConfig
     from codelm.model.llama import Transformer
     from codelm.train.distributed import DistInfo
-    from codelm.train.loop import make_optimizer, train_step
+    from codelm.train.setup import make_optimizer
+    from codelm.train.step import train_step
 
     t, d = recipe.train, recipe.data
     vocab = recipe.tokenizer.vocab_size or 32016
@@ -201,7 +202,8 @@ def demo_main(args) -> int:
     from codelm.generate import complete, infill
     from codelm.lab.length import demo_lcft_step
     from codelm.model.checkpoint import load
-    from codelm.train.loop import read_metrics, train
+    from codelm.train.loop import train
+    from codelm.train.state import read_metrics
     from codelm.train.recipe import load_recipe
 
     out = Path(args.out)
