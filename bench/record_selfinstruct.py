@@ -211,7 +211,8 @@ def recipe_dict(work: Path, tok_dir: Path, args) -> dict:
 
 
 def train_teacher(work: Path, tok_dir: Path, args) -> tuple[Path, dict, dict]:
-    from codelm.train.loop import list_checkpoints, train
+    from codelm.train.loop import train
+    from codelm.train.state import list_checkpoints
     from codelm.train.recipe import recipe_from_dict
 
     raw = recipe_dict(work, tok_dir, args)

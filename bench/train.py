@@ -34,7 +34,8 @@ from codelm.model.checkpoint import to_hf_state_dict  # noqa: E402
 from codelm.model.config import ModelConfig  # noqa: E402
 from codelm.model.llama import Transformer  # noqa: E402
 from codelm.train.distributed import DistInfo  # noqa: E402
-from codelm.train.loop import make_optimizer, train_step  # noqa: E402
+from codelm.train.setup import make_optimizer  # noqa: E402
+from codelm.train.step import train_step  # noqa: E402
 from codelm.train.recipe import TrainSection  # noqa: E402
 
 SIZES = {

@@ -37,7 +37,10 @@ from codelm.model.checkpoint import load
 from codelm.model.config import ModelConfig
 from codelm.model.llama import Transformer
 from codelm.train.distributed import DistInfo
-from codelm.train.loop import make_optimizer, read_metrics, train, train_step
+from codelm.train.loop import train
+from codelm.train.setup import make_optimizer
+from codelm.train.state import read_metrics
+from codelm.train.step import train_step
 from codelm.train.recipe import build_recipe, load_recipe, read_raw_recipe
 from codelm.train.runs import train_once
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from codelm.data.corpus import stdlib_dir
-from codelm.train.loop import list_checkpoints, read_metrics
+from codelm.train.state import list_checkpoints, read_metrics
 from tests.helpers import make_tiny_bpe
 
 REPO = Path(__file__).resolve().parents[1]

@@ -178,8 +178,9 @@ def test_instruct_sft_masks_learns_and_answers_held_out_prompt(tmp_path):
     from codelm.generate.sampler import SamplingParams, generate
     from codelm.generate.prompts import chat_stop_ids
     from codelm.model.checkpoint import load
-    from codelm.train.loop import read_metrics, train
+    from codelm.train.loop import train
     from codelm.train.recipe import recipe_from_dict
+    from codelm.train.state import read_metrics
 
     tok_dir = tmp_path / "tok"
     make_tiny_bpe(vocab_size=512).save(tok_dir)
@@ -274,7 +275,7 @@ def test_loss_weight_counts_each_target_of_a_source_that_many_times(tmp_path):
     import torch.nn.functional as F
 
     from codelm.data.packing import TokenFile, build_token_file
-    from codelm.train.loop import _cross_entropy_sum
+    from codelm.train.loss import cross_entropy_sum as _cross_entropy_sum
 
     tok = make_tiny_bpe()
     src = tmp_path / "p.jsonl"

@@ -15,8 +15,9 @@ import codelm
 from codelm.cli import main as cli_main
 from codelm.errors import CheckpointError, ConfigError, DataError
 from codelm.train.recipe import RECIPES_DIR
-from codelm.train.loop import learning_rate, list_checkpoints, read_metrics, train
+from codelm.train.loop import learning_rate, train
 from codelm.train.recipe import load_recipe, recipe_from_dict
+from codelm.train.state import list_checkpoints, read_metrics
 from codelm.data.corpus import stdlib_dir
 from tests.helpers import make_tiny_bpe
 

@@ -361,6 +361,16 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
 
 
+def read_config(path) -> ModelConfig:
+    """The config of an HF or Meta checkpoint directory. HF: config.json alone, no weights read.
+    Meta: params.json often leaves the vocabulary to the tokenizer, so the shards are opened for
+    the shapes."""
+    p = Path(path)
+    if detect_layout(p) == "hf":
+        return config_from_hf(_read_json(p / "config.json"), str(p / "config.json"))
+    return load_checkpoint(p)[1]
+
+
 def load_hf(path, dtype=None, device="cpu") -> tuple[Transformer, ModelConfig]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file

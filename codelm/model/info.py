@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from codelm.model.config import ModelConfig
 
@@ -29,14 +28,9 @@ def info_main(preset: str | None = None, model: str | None = None) -> int:
     if preset:
         config, name = ModelConfig.from_preset(preset), f"preset {preset}"
     else:
-        from codelm.model.checkpoint import _read_json, config_from_hf, detect_layout, load_checkpoint
+        from codelm.model.checkpoint import read_config  # torch: only for a checkpoint
 
-        if detect_layout(model) == "hf":
-            p = Path(model) / "config.json"
-            config = config_from_hf(_read_json(p), str(p))
-        else:  # Meta's params.json often leaves the vocabulary to the tokenizer: read the shapes
-            config = load_checkpoint(model)[1]
-        name = model
+        config, name = read_config(model), model
     d = _describe(config)
     print(f"{name}: {d['parameters_human']} parameters ({d['parameters']:,})")
     print(json.dumps(d, indent=2))

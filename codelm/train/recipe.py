@@ -214,16 +214,17 @@ def parse_override(text: str) -> tuple[list[str], object]:
     if len(parts) < 2 or not all(parts):
         raise ConfigError(f"override {text!r}: the key must be SECTION.NAME, e.g. train.max_steps")
     try:
-        value = _toml().loads(f"v = {raw.strip()}")["v"]
+        value = parse_toml(f"v = {raw.strip()}")["v"]
     except Exception:
         value = raw.strip()
     return parts, value
 
 
-def _toml():
+def parse_toml(text: str) -> dict:
+    """TOML text as a table (tomllib; tomli on Python 3.10). Invalid TOML raises the library's error."""
     if tomllib is None:
         raise ConfigError("reading recipes needs Python 3.11+ or the 'tomli' package (pip install tomli)")
-    return tomllib
+    return tomllib.loads(text)
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -275,7 +276,7 @@ def read_raw_recipe(name_or_path: str | Path) -> tuple[dict, Path]:
     """The TOML table of a recipe (see find_recipe) before validation, and where it was found."""
     p = find_recipe(name_or_path)
     try:
-        return _toml().loads(p.read_text(encoding="utf-8")), p
+        return parse_toml(p.read_text(encoding="utf-8")), p
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a UTF-8 text file") from None
     except Exception as e:
