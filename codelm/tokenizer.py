@@ -1,5 +1,8 @@
 """Tokenizers: our byte-level BPE for code, and Code Llama's own SentencePiece tokenizer.
 
+(Over 500 lines on purpose: one Tokenizer class over two backends, whose encode/decode/infilling
+rules must be read side by side to stay token-exact with each other and with Meta's reference.)
+
 One `Tokenizer` class wraps two backends:
 
 * kind "sentencepiece": a `tokenizer.model` read by the sentencepiece library. This is the

@@ -1,5 +1,8 @@
 """Build a code corpus: collect, filter, deduplicate, decontaminate, split.
 
+(Just over 500 lines: the resumable scan and the corpus-wide stages after it are one pipeline with one
+journal; decontamination itself lives in codelm.data.decontam.)
+
 `codelm corpus --out DIR [--source PATH_OR_GIT_URL ...]` writes
 
     DIR/train.jsonl, DIR/valid.jsonl   one file per line: path (source/relative path), language, bytes,

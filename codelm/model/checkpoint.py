@@ -1,5 +1,8 @@
 """Checkpoints in the Hugging Face layout (read/write) and Meta's layout (read, any shard count; write).
 
+(Just over 500 lines: both layouts share the name maps, the q/k permutation and the atomic folder
+writer, and a round trip HF <-> Meta is checked by reading them side by side.)
+
 HF:   config.json, model.safetensors or model-0000i-of-0000n.safetensors + model.safetensors.index.json,
       tokenizer files. q/k in rotate-half layout (what codelm uses internally).
 Meta: params.json, consolidated.NN.pth (one per model-parallel rank), tokenizer.model. Column-parallel
