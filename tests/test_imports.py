@@ -71,3 +71,19 @@ def test_no_import_cycle_inside_codelm():
     graph = module_graph()
     assert "codelm.evaluate.runner" in graph and graph["codelm.evaluate.runner"]
     assert cycles(graph) == []
+
+
+# The pipeline's order, bottom first: a module may import its own stage and the stages below it.
+LAYERS = [("errors", "files", "benchdata"), ("tokenizer",), ("data",), ("model",), ("train",), ("generate",),
+          ("evaluate",), ("serve", "chat", "selfinstruct", "export"), ("demo", "lab"), ("cli", "")]
+
+
+def layer_of(module: str) -> int:
+    stage = module.split(".")[1] if "." in module else ""
+    return next(i for i, names in enumerate(LAYERS) if stage in names)
+
+
+def test_dependencies_point_down_the_pipeline():
+    graph = module_graph()
+    upward = [f"{m} -> {d}" for m, deps in sorted(graph.items()) for d in sorted(deps) if layer_of(d) > layer_of(m)]
+    assert upward == []

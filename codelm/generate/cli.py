@@ -10,10 +10,10 @@ from codelm.errors import CodelmError, TokenizerError
 def _load(path):
     import torch
 
-    import codelm
+    from codelm.model.checkpoint import load
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    loaded = codelm.load(path)
+    loaded = load(path)
     if loaded.tokenizer is None:
         raise TokenizerError(f"{path}: no tokenizer.json or tokenizer.model beside the checkpoint")
     return loaded
