@@ -204,9 +204,14 @@ def demo_main(args) -> int:
     from codelm.train.loop import read_metrics, train
     from codelm.train.recipe import load_recipe
 
+    from codelm.files import claim_output, mark_output
+
     out = Path(args.out)
     quick = bool(getattr(args, "quick", False))
+    claim_output(out, "demo", folder=True, force=getattr(args, "force", False), what="demo folder",
+                 legacy=lambda p: (p / "runs").is_dir() or (p / "summary.json").exists())
     out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, "demo")
     t_start = time.time()
     print(f"demo: 1/5 corpus from the Python standard library{' (quick: a few packages)' if quick else ''}")
     corpus = build_demo_corpus(out, quick, show_progress=True)

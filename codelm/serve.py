@@ -1,7 +1,7 @@
 """`codelm serve`: an OpenAI-compatible HTTP server for a codelm model (standard library only).
 
 Routes:
-  GET  /v1/models                the one model served (its name: --name, default the folder's name)
+  GET  /v1/models                the one model served (its name: --served-model-name, default the folder's name)
   POST /v1/completions           prompt (text, texts, token ids, or lists of token ids), `suffix` for
                                  infilling (PSM; `"spm": true` for suffix-prefix-middle), n, max_tokens,
                                  temperature, top_p, top_k, stop, seed, echo, stream (server-sent events)
@@ -255,6 +255,23 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             raise ClientGone() from None
 
+    DRAIN_LIMIT = 64 << 20  # bytes of a refused body read and dropped, so its client sees the answer
+
+    def _drain(self, length: int) -> None:
+        """Read and drop a refused body (up to DRAIN_LIMIT bytes, 10 s without progress), after the answer
+        went out: a client still sending then finishes and reads the 413 instead of a broken pipe."""
+        left = min(length, max(self.DRAIN_LIMIT, 4 * self.service.limits.max_body_bytes))
+        try:
+            self.connection.settimeout(10)
+            while left > 0:
+                chunk = self.rfile.read1(min(left, 1 << 16)) if hasattr(self.rfile, "read1") else \
+                    self.rfile.read(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:
+            pass
+
     def _read_body(self) -> dict:
         length = self.headers.get("Content-Length")
         if length is None:
@@ -266,6 +283,7 @@ class Handler(BaseHTTPRequestHandler):
         if length < 0:
             raise ApiError(400, "Content-Length is negative")
         if length > self.service.limits.max_body_bytes:
+            self._unread = length
             raise ApiError(413, f"request body of {length} bytes exceeds the limit of "
                                 f"{self.service.limits.max_body_bytes} bytes", code="request_too_large")
         raw = self.rfile.read(length)
@@ -298,6 +316,7 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0].rstrip("/")
         routes = {"/v1/completions": self._completions, "/v1/chat/completions": self._chat, "/infill": self._infill}
         self._body_read = False
+        self._unread = 0
         try:
             if path not in routes:
                 raise ApiError(404, f"no route POST {path}", code="not_found")
@@ -306,6 +325,8 @@ class Handler(BaseHTTPRequestHandler):
         except ApiError as e:
             # A body left unread (too large, no length, no route) would be taken for the next request: close.
             self._send_error(e, close=not self._body_read)
+            if self._unread:
+                self._drain(self._unread)
         except ClientGone:
             self.close_connection = True
         except Exception as e:  # noqa: BLE001 - one bad request must not take the server down

@@ -229,3 +229,28 @@ def test_close_waits_for_the_generation_in_flight_and_refuses_new_ones():
     with pytest.raises(ApiError) as e:
         service.run([[1, 2, 3]], params, set(), tok.decode)
     assert e.value.status == 503
+
+
+def test_an_oversized_body_is_answered_413_after_draining_it(served):
+    """A client that keeps writing a 10 MB body reads the 413 (no broken pipe), and the server lives on."""
+    _, _, _, client, (host, port) = served
+    size = 10 << 20
+    s = socket.create_connection((host, port), timeout=60)
+    try:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {size}\r\n\r\n".encode())
+        chunk = b"x" * (1 << 16)
+        for _ in range(size // len(chunk)):
+            s.sendall(chunk)  # raises BrokenPipeError / ConnectionResetError if the server stopped reading
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            data = s.recv(65536)
+            if not data:
+                break
+            answer += data
+    finally:
+        s.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert body["error"]["code"] == "request_too_large"
+    _alive(client)

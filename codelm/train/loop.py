@@ -518,7 +518,12 @@ def _autocast(precision: str, device: torch.device):
     return nullcontext()
 
 
-def train(recipe: Recipe, resume: bool = False, show_progress: bool = True) -> TrainResult:
+def train(recipe: Recipe, resume: bool = False, show_progress: bool = True, force: bool = False) -> TrainResult:
+    """Run a recipe. The run folder must be new, empty, or a codelm run (refused otherwise unless `force`)."""
+    from codelm.files import claim_output
+
+    claim_output(recipe.out_dir, "train-run", folder=True, force=force, what="run folder (run.out_dir)",
+                 legacy=lambda p: (p / "recipe.json").exists())
     t = recipe.train
     info = D.init_distributed(t.device)
     try:
@@ -548,6 +553,9 @@ def _train(recipe: Recipe, resume: bool, show_progress: bool, info: D.DistInfo) 
     resume_from = checkpoints[-1] if (resume and checkpoints) else None
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        from codelm.files import mark_output
+
+        mark_output(run_dir, "train-run")
         (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))
         if resume and resume_from is None and show_progress:
             print(f"train: no checkpoint in {run_dir}; starting from the beginning")
@@ -715,7 +723,7 @@ def _shard_from_rank0(model, config, info: D.DistInfo):
 
 
 # ----------------------------------------------------------------------- CLI
-def train_main(recipe_path, resume: bool = False, overrides: list[str] | None = None) -> int:
+def train_main(recipe_path, resume: bool = False, overrides: list[str] | None = None, force: bool = False) -> int:
     recipe = load_recipe(recipe_path, overrides or [])
-    train(recipe, resume=resume)
+    train(recipe, resume=resume, force=force)
     return 0
