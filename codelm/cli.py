@@ -470,7 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     import codelm.errors
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the subcommand, as every other error of that command
+        parser.exit(2, f"codelm {args.command}: error: unrecognized arguments: {' '.join(extra)}\n")
     codelm.errors.COMMAND = f"codelm {args.command}"
     try:
         rc = args.func(args)

@@ -98,6 +98,7 @@ def generate(
     pad_id: int = 0,
     on_text: Callable[[int, str], None] | None = None,
     max_len: int | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[Generation]:
     """Generate for a batch of token prompts. on_text(row, new_text) streams decoded text as it is fixed.
 
@@ -105,7 +106,8 @@ def generate(
     plus its new tokens reach it, whatever max_new_tokens asks; None lets generation run past the
     context (RoPE extrapolation experiments). The KV cache is sized by what can actually be generated,
     and each decoding step attends only over the positions written so far, so a step's cost depends on
-    the tokens written, not on the requested maximum."""
+    the tokens written, not on the requested maximum. on_step(rows_still_generating) is called after
+    every decoding step (progress display)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     device = model.tok_embeddings.weight.device
@@ -178,6 +180,8 @@ def generate(
                         streamed[i] = len(stable)
             if len(out_tokens[i]) >= limits[i]:
                 done[i] = True  # its result ("length") is made below
+        if on_step is not None:
+            on_step(B - sum(done))
         if all(done) or step == steps - 1:
             break
         key_mask[..., plen + step] = True

@@ -13,6 +13,7 @@ class NativeBackend:
     def __init__(self, model, tokenizer, batch_size: int = 8, source: str = "<in memory>"):
         self.model, self.tokenizer, self.batch_size, self.source = model, tokenizer, batch_size, source
         self._warned_context = False
+        self.on_step = None  # set by generate_all: called after every decoding step (progress)
 
     @classmethod
     def from_path(cls, path, batch_size: int = 8, device: str | None = None, dtype: str | None = None
@@ -36,7 +37,8 @@ class NativeBackend:
         # of the batch is its first request's, so sampled samples stay distinct across batches.
         context = self.model.config.max_seq_len
         kw = dict(max_new_tokens=first.max_new_tokens, temperature=first.temperature, top_p=first.top_p,
-                  seed=first.seed, stop=list(first.stop), max_len=context)
+                  seed=first.seed, stop=list(first.stop), max_len=context,
+                  on_step=self.on_step)
         if first.infilling:
             gens = infill_batch(self.model, self.tokenizer, [(r.prompt, r.suffix) for r in requests],
                                 spm=first.spm, **kw)
@@ -47,5 +49,5 @@ class NativeBackend:
 
             self._warned_context = True  # the same rule as `codelm complete`: cut at the context, said once
             warn(f"prompt + max new tokens ({first.max_new_tokens}) exceeds this model's maximum context length "
-                 f"of {context} tokens for some prompts; their generations are cut at the context")
+                 f"of {context} tokens for some prompts; those generations stop at the context")
         return [Completion(g.text, "length" if g.finish_reason == "length" else "stop", len(g.tokens)) for g in gens]
