@@ -161,7 +161,7 @@ def _add_score(sub):
     p.add_argument("--sandbox", default="auto", choices=["auto", "none", "rlimits", "namespaces"],
                    help="isolation of the executed code (default: auto, the strongest available)")
     p.add_argument("--data-dir", default=None, help="benchmark data folder (default: $CODELM_DATA_DIR or the download cache)")
-    p.add_argument("--k", default="1,10,100", help="comma-separated k for pass@k (only k <= n are reported)")
+    p.add_argument("--k", default="1,10,100", help="comma-separated k for pass@k, only k <= n are reported (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue a killed run, keeping finished rows")
     p.set_defaults(func=_run_score)
 
@@ -484,6 +484,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`codelm complete ... | head`): stop quietly, as other Unix tools do.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except (ValueError, TypeError, OSError, ZeroDivisionError) as e:
         # A value the edge checks missed, or a file the system refused: still one line, not a traceback
         # (CODELM_TRACEBACK=1 shows the traceback, for reporting a bug).

@@ -239,3 +239,26 @@ def test_a_decoding_step_costs_the_same_whatever_the_requested_maximum():
 
     small, large = timed(40), timed(20_000)
     assert large < 2 * small + 0.05, (small, large)
+
+
+def test_every_flag_has_help_and_shows_its_default():
+    import argparse
+
+    from codelm.cli import build_parser
+
+    def actions(parser, name):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub, p in a.choices.items():
+                    yield from actions(p, f"{name} {sub}")
+            elif not isinstance(a, argparse._HelpAction):
+                yield name, a
+
+    missing = []
+    for name, a in actions(build_parser(), "codelm"):
+        flag = "/".join(a.option_strings) or a.dest
+        if not a.help:
+            missing.append(f"{name} {flag}: no help")
+        elif a.default not in (None, False, []) and not a.required and "default" not in a.help:
+            missing.append(f"{name} {flag}: default {a.default!r} not shown")
+    assert not missing, missing

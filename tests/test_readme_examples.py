@@ -159,6 +159,19 @@ def test_every_readme_example_is_run_or_listed_with_a_reason():
     assert used == starts, f"NOT_RUN entries that match no example any more: {sorted(starts - used)}"
 
 
+def test_the_readme_builds_the_corpus_that_recipes_demo_reads_before_training_on_it():
+    """`codelm train recipes/demo.toml` is not run here (minutes), but the corpus the README builds
+    just before it is the one the recipe reads."""
+    import tomllib
+
+    examples = [e for _, e in readme_examples()]
+    train = examples.index("codelm train recipes/demo.toml")
+    corpus = [e for e in examples[:train] if e.startswith("codelm corpus ")][-1]
+    words = shlex.split(corpus, comments=True)
+    recipe = tomllib.loads((ROOT / "recipes" / "demo.toml").read_text())
+    assert words[words.index("--out") + 1] in [s["path"] for s in recipe["data"]["sources"]]
+
+
 @pytest.mark.slow
 def test_readme_examples_run_as_written(tmp_path, monkeypatch):
     if not (DATA / "humaneval").is_dir() or not (DATA / "mbppplus").is_dir():

@@ -35,7 +35,7 @@ class NativeBackend:
         first = requests[0]
         # One batch shares its sampling settings (generate_all groups by Request.batch_key); the seed
         # of the batch is its first request's, so sampled samples stay distinct across batches.
-        context = self.model.config.max_seq_len
+        context = getattr(getattr(self.model, "config", None), "max_seq_len", None)  # None: no limit
         kw = dict(max_new_tokens=first.max_new_tokens, temperature=first.temperature, top_p=first.top_p,
                   seed=first.seed, stop=list(first.stop), max_len=context,
                   on_step=self.on_step)
@@ -44,7 +44,7 @@ class NativeBackend:
                                 spm=first.spm, **kw)
         else:
             gens = complete_batch(self.model, self.tokenizer, [r.prompt for r in requests], **kw)
-        if not self._warned_context and any(g.prompt_tokens + first.max_new_tokens > context for g in gens):
+        if context is not None and not self._warned_context and any(g.prompt_tokens + first.max_new_tokens > context for g in gens):
             from codelm.errors import warn
 
             self._warned_context = True  # the same rule as `codelm complete`: cut at the context, said once
