@@ -131,9 +131,12 @@ def _read_message(stdin: TextIO, stdout: TextIO, interactive: bool) -> str | Non
         return "\n".join(lines)
 
 
-def chat_loop(engine, settings: ChatSettings, system: str | None = None, stdin: TextIO = sys.stdin,
-              stdout: TextIO = sys.stdout, interactive: bool | None = None, stream: bool = True) -> list[dict]:
-    """Read user messages until end of input; print each answer (streamed). Returns the final history."""
+def chat_loop(engine, settings: ChatSettings, system: str | None = None, stdin: TextIO | None = None,
+              stdout: TextIO | None = None, interactive: bool | None = None, stream: bool = True) -> list[dict]:
+    """Read user messages until end of input; print each answer (streamed). Returns the final history.
+    stdin/stdout default to sys.stdin/sys.stdout at the time of the call (so redirections apply)."""
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
     if interactive is None:
         interactive = stdin.isatty()
     history: list[dict] = []

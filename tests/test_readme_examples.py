@@ -195,7 +195,7 @@ def test_readme_examples_run_as_written(tmp_path, monkeypatch):
         argv, stdin = _argv(example)
         rc, out, err = _run(argv, stdin)
         ran.append(example)
-        if rc != 0 or "Traceback" in err:
+        if rc != 0 or "Traceback" in err or "does not fit" in out:
             failures.append(f"{doc}: {example}\n  exit {rc}: {err.strip()[-500:]}")
     assert not failures, "README examples that fail:\n" + "\n".join(failures)
     assert len(ran) >= 20, ran

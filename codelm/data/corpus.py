@@ -645,7 +645,8 @@ def corpus_main(args) -> int:
           f"{r.near_duplicates} near duplicates, {len(r.contaminated)} contaminated removed")
     if r.decontamination.get("missing"):
         names = ", ".join(m.split(" (", 1)[0] for m in r.decontamination["missing"])
-        print(f"corpus: warning: not decontaminated against {names} (data not found; see the report; "
-              "set CODELM_DATA_DIR or --data-dir)", file=sys.stderr)
+        from codelm.errors import warn
+
+        warn(f"not decontaminated against {names} (data not found; see the report; set CODELM_DATA_DIR or --data-dir)")
     print(f"corpus: report in {Path(args.out) / 'report.md'}")
     return 0
