@@ -118,7 +118,7 @@ class ModelService:
         temperature = float(_get(body, "temperature", (int, float), 1.0, lambda v: 0 <= v <= 2, "a number in [0, 2]"))
         top_p = float(_get(body, "top_p", (int, float), 1.0, lambda v: 0 < v <= 1, "a number in (0, 1]"))
         top_k = _get(body, "top_k", int, 0, lambda v: v >= 0, "an integer >= 0")
-        seed = _get(body, "seed", int, None)
+        seed = _get(body, "seed", int, None, lambda v: -2**63 <= v < 2**63, "a 64-bit integer")
         stop = body.get("stop")
         if stop is None:
             stop = []
@@ -433,7 +433,7 @@ class Handler(BaseHTTPRequestHandler):
             max_new_tokens=_get(body, "n_predict", int, 128, lambda v: v >= 0, "an integer >= 0"),
             temperature=float(_get(body, "temperature", (int, float), 0.8, lambda v: v >= 0, "a number >= 0")),
             top_p=float(_get(body, "top_p", (int, float), 0.95, lambda v: 0 < v <= 1, "a number in (0, 1]")),
-            seed=_get(body, "seed", int, None), stop=tuple(stop))
+            seed=_get(body, "seed", int, None, lambda v: -2**63 <= v < 2**63, "a 64-bit integer"), stop=tuple(stop))
         prompt = infilling_tokens(tok, prefix, suffix)
         svc.check_length([prompt], params)
         g = svc.run([prompt], params, {tok.eot_id, tok.eos_id}, tok.decode_infilling)[0]
