@@ -15,7 +15,7 @@ from helpers import make_tiny_bpe, tiny_llama
 
 from codelm.cli import main, unescape
 from codelm.files import OutputError, atomic_write, claim_output, mark_output
-from codelm.model.checkpoint import save_hf
+from codelm.model.checkpoint import save_hf, save_meta
 
 DATA = Path(os.environ.get("CODELM_DATA_DIR", Path(__file__).resolve().parent.parent.parent / "shared" / "data"))
 
@@ -43,6 +43,10 @@ def place(tmp_path_factory):
         save_hf(tiny_llama(tok.vocab_size), d, tokenizer=tok)
         cfg = json.loads((d / "config.json").read_text())
         (d / "config.json").write_text(json.dumps([1] if change is None else {**cfg, **change}))
+    for name, change in {"meta-str-dim": {"dim": "64"}, "meta-zero-layers": {"n_layers": 0}}.items():
+        d = root / name
+        save_meta(tiny_llama(tok.vocab_size), d, tokenizer=tok)
+        (d / "params.json").write_text(json.dumps({**json.loads((d / "params.json").read_text()), **change}))
     (root / "user").mkdir()
     (root / "user" / "mine.txt").write_text("mine\n")
     (root / "mine.gguf").write_text("not codelm's\n")
@@ -73,6 +77,8 @@ BAD = [
     ("complete", ["complete", "--model", "zero-kv", "x"], "num_key_value_heads"),
     ("complete", ["complete", "--model", "neg-eps", "x"], "rms_norm_eps"),
     ("complete", ["complete", "--model", "list-cfg", "x"], "JSON object"),
+    ("complete", ["complete", "--model", "meta-str-dim", "x"], "dim"),
+    ("complete", ["complete", "--model", "meta-zero-layers", "x"], "n_layers"),
     ("complete", ["complete", "--model", "nowhere", "x"], "nowhere"),
     ("complete", ["complete", "--model", M, "@missing.py"], "missing.py"),
     ("complete", ["complete", "--model", M, "--bogus", "x"], "--bogus"),
