@@ -131,9 +131,12 @@ def _read_message(stdin: TextIO, stdout: TextIO, interactive: bool) -> str | Non
         return "\n".join(lines)
 
 
-def chat_loop(engine, settings: ChatSettings, system: str | None = None, stdin: TextIO = sys.stdin,
-              stdout: TextIO = sys.stdout, interactive: bool | None = None, stream: bool = True) -> list[dict]:
-    """Read user messages until end of input; print each answer (streamed). Returns the final history."""
+def chat_loop(engine, settings: ChatSettings, system: str | None = None, stdin: TextIO | None = None,
+              stdout: TextIO | None = None, interactive: bool | None = None, stream: bool = True) -> list[dict]:
+    """Read user messages until end of input; print each answer (streamed). Returns the final history.
+    stdin/stdout default to sys.stdin/sys.stdout at the time of the call (so redirections apply)."""
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
     if interactive is None:
         interactive = stdin.isatty()
     history: list[dict] = []
@@ -217,6 +220,16 @@ def chat_main(args) -> int:
         engine = ServerModel(args.url, args.served_model, args.api_key or os.environ.get("OPENAI_API_KEY"))
     settings = ChatSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed)
+    if args.model is not None:
+        context = loaded.config.max_seq_len
+        if settings.max_new_tokens > context // 2:
+            # The same rule as complete/infill: cut to what the context allows, with a warning (here half
+            # of it, so that the conversation keeps room too).
+            from codelm.errors import warn
+
+            warn(f"--max-new-tokens {settings.max_new_tokens} leaves no room for the conversation in this model's "
+                 f"maximum context length of {context} tokens; answers stop at {context // 2} tokens")
+            settings.max_new_tokens = context // 2
     if sys.stdin.isatty():
         print("codelm chat: /system TEXT, /reset, /history, /exit (a line ending in \\ continues)", file=sys.stderr)
     chat_loop(engine, settings, system=args.system, stream=not args.no_stream)

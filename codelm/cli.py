@@ -6,9 +6,62 @@ a handler that imports the library lazily (so `codelm --help` stays fast).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from codelm.errors import CodelmError
+
+
+# ------------------------------------------------------------------ checks at the edge
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `codelm CMD: error: ...` and exit 2, like every other bad input."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind, low=None, high=None, low_open=False, what=""):
+    """An argparse type: a number of `kind` within [low, high] (low excluded with low_open)."""
+    def check(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or (low is not None and (value < low or (low_open and value == low))) or \
+                (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+    check.__name__ = what  # argparse names the type in some messages
+    return check
+
+
+POSITIVE_INT = _number(int, 1, what="an integer >= 1")
+NONNEG_INT = _number(int, 0, what="an integer >= 0")
+NONNEG_FLOAT = _number(float, 0.0, what="a number >= 0")
+POSITIVE_FLOAT = _number(float, 0.0, low_open=True, what="a number > 0")
+PROBABILITY = _number(float, 0.0, 1.0, low_open=True, what="a number in (0, 1]")
+PORT = _number(int, 0, 65535, what="a port number 0..65535")
+SEED = _number(int, 0, 2**63 - 1, what="an integer seed >= 0")
+
+
+def unescape(text: str) -> str:
+    """The escapes people type in a shell's quotes: \\n, \\t, \\r and \\\\ (a backslash); others stay as typed."""
+    out, i = [], 0
+    table = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text) and text[i + 1] in table:
+            out.append(table[text[i + 1]])
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _add_force(p, what="the output"):
+    p.add_argument("--force", action="store_true",
+                   help=f"replace {what} even when it exists and codelm did not write it (never an input)")
 
 
 # --------------------------------------------------------------------- info
@@ -33,32 +86,42 @@ def _add_convert(sub):
     p.add_argument("dst", help="destination directory (HF layout)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="dtype of the saved weights (default: as stored)")
-    p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 2GB or 500MB")
+    p.add_argument("--max-shard-size", default="5GB",
+                   help="largest safetensors shard, e.g. 2GB or 500MB (default: %(default)s)")
+    _add_force(p, "DST")
     p.set_defaults(func=_run_convert)
 
 
 def _run_convert(args):
     from codelm.model.checkpoint import convert_main
 
-    return convert_main(args.src, args.dst, dtype=args.dtype, max_shard_size=args.max_shard_size)
+    return convert_main(args.src, args.dst, dtype=args.dtype, max_shard_size=args.max_shard_size, force=args.force)
 
 
 # ------------------------------------------------------- complete / infill
+ESCAPES = "\\n, \\t and \\\\ are read as a newline, a tab and a backslash"
+
+
 def _add_sampling_args(p):
     p.add_argument("--model", required=True, help="checkpoint directory (HF or Meta layout)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", action="append", default=None, help="stop sequence (repeatable)")
+    p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=128,
+                   help="most tokens to generate; prompt + this beyond the model's context is cut to the context "
+                        "with a warning (default: %(default)s)")
+    p.add_argument("--temperature", type=NONNEG_FLOAT, default=0.0, help="0 means greedy (default: %(default)s)")
+    p.add_argument("--top-p", type=PROBABILITY, default=1.0,
+                   help="nucleus sampling: keep the most likely tokens up to this mass (default: %(default)s, off)")
+    p.add_argument("--top-k", type=NONNEG_INT, default=0,
+                   help="sample among the k most likely tokens (default: %(default)s, off)")
+    p.add_argument("--seed", type=SEED, default=None, help="random seed for sampling (default: none, random)")
+    p.add_argument("--stop", action="append", default=None,
+                   help=f"stop sequence, output is cut before it (repeatable; {ESCAPES})")
     p.add_argument("--no-stream", action="store_true", help="print the result at the end instead of streaming")
 
 
 def _add_complete(sub):
     p = sub.add_parser("complete", help="continue a prompt")
     _add_sampling_args(p)
-    p.add_argument("prompt", help="the prompt text, or @FILE to read it from a file")
+    p.add_argument("prompt", help=f"the prompt text ({ESCAPES}), or @FILE to read it from a file as is")
     p.set_defaults(func=_run_complete)
 
 
@@ -71,8 +134,8 @@ def _run_complete(args):
 def _add_infill(sub):
     p = sub.add_parser("infill", help="fill in the middle between a prefix and a suffix")
     _add_sampling_args(p)
-    p.add_argument("--prefix", default=None)
-    p.add_argument("--suffix", default=None)
+    p.add_argument("--prefix", default=None, help=f"code before the gap ({ESCAPES}; @FILE reads a file as is)")
+    p.add_argument("--suffix", default=None, help=f"code after the gap ({ESCAPES}; @FILE reads a file as is)")
     p.add_argument("--file", default=None, help="a file with one <FILL> marker: text before is the prefix, after the suffix")
     p.add_argument("--spm", action="store_true", help="suffix-prefix-middle layout instead of PSM")
     p.set_defaults(func=_run_infill)
@@ -91,11 +154,14 @@ def _add_score(sub):
                    help="humaneval, humaneval+, mbpp, mbpp+, humaneval-infilling-single-line, ..., multipl-e-LANG")
     p.add_argument("--samples", required=True, help="JSONL with task_id (MultiPL-E: or name) and completion per line")
     p.add_argument("--out", default=None, help="results JSONL (default: SAMPLES with _results.jsonl)")
-    p.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPU count)")
-    p.add_argument("--timeout", type=float, default=None, help="floor of the per-task time limit in seconds")
-    p.add_argument("--sandbox", default="auto", choices=["auto", "none", "rlimits", "namespaces"])
+    _add_force(p, "--out")
+    p.add_argument("--workers", type=POSITIVE_INT, default=None, help="parallel workers (default: CPU count)")
+    p.add_argument("--timeout", type=POSITIVE_FLOAT, default=None,
+                   help="floor of the per-task time limit in seconds (default: 3)")
+    p.add_argument("--sandbox", default="auto", choices=["auto", "none", "rlimits", "namespaces"],
+                   help="isolation of the executed code (default: auto, the strongest available)")
     p.add_argument("--data-dir", default=None, help="benchmark data folder (default: $CODELM_DATA_DIR or the download cache)")
-    p.add_argument("--k", default="1,10,100", help="comma-separated k for pass@k (only k <= n are reported)")
+    p.add_argument("--k", default="1,10,100", help="comma-separated k for pass@k, only k <= n are reported (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue a killed run, keeping finished rows")
     p.set_defaults(func=_run_score)
 
@@ -113,13 +179,14 @@ def _add_train(sub):
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.max_steps=100 (repeatable)")
+    _add_force(p, "the run folder (run.out_dir)")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args):
     from codelm.train.loop import train_main
 
-    return train_main(args.recipe, resume=args.resume, overrides=args.set)
+    return train_main(args.recipe, resume=args.resume, overrides=args.set, force=args.force)
 
 
 # ------------------------------------------------------------------- corpus
@@ -128,13 +195,15 @@ def _add_corpus(sub):
     p.add_argument("--source", action="append", default=None,
                    help="folder or git repository to collect (repeatable; default: the Python standard library)")
     p.add_argument("--out", required=True, help="output folder")
+    _add_force(p, "--out")
     p.add_argument("--data-dir", default=None, help="benchmark data for decontamination (default: $CODELM_DATA_DIR)")
-    p.add_argument("--valid-fraction", type=float, default=0.02)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--valid-fraction", type=_number(float, 0.0, 1.0, what="a number in [0, 1]"), default=0.02,
+                   help="share of files held out for validation (default: %(default)s)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the split and of near-deduplication (default: %(default)s)")
     p.add_argument("--languages", default=None, help="comma-separated languages to keep, e.g. python,c (default: all)")
     p.add_argument("--exclude", action="append", default=None, metavar="GLOB",
                    help="leave out paths matching GLOB inside a source, e.g. 'test/*' (repeatable)")
-    p.add_argument("--max-file-bytes", type=int, default=None, help="largest file kept (default 1000000)")
+    p.add_argument("--max-file-bytes", type=POSITIVE_INT, default=None, help="largest file kept (default 1000000)")
     p.set_defaults(func=_run_corpus)
 
 
@@ -147,7 +216,8 @@ def _run_corpus(args):
 # --------------------------------------------------------------------- demo
 def _add_demo(sub):
     p = sub.add_parser("demo", help="the miniature Code Llama pipeline, end to end on CPU")
-    p.add_argument("--out", default="demo-out", help="output folder")
+    p.add_argument("--out", default="demo-out", help="output folder, resumed when it exists (default: %(default)s)")
+    _add_force(p, "--out")
     p.add_argument("--quick", action="store_true", help="a much shorter run (for tests)")
     p.set_defaults(func=_run_demo)
 
@@ -163,10 +233,13 @@ def _add_serve(sub):
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     p.add_argument("--model", required=True, help="checkpoint directory (HF or Meta layout)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--name", default=None, help="model name clients ask for (default: the folder's name)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--port", type=PORT, default=8000, help="port to listen on (default: %(default)s)")
+    p.add_argument("--served-model-name", "--name", dest="name", default=None,
+                   help="the model name clients ask for (default: the checkpoint folder's name, e.g. 'final' "
+                        "for runs/demo/final)")
+    p.add_argument("--max-body-bytes", type=POSITIVE_INT, default=1 << 20,
+                   help="largest request body accepted; larger ones get 413 (default: %(default)s)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="do not log requests")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
@@ -188,27 +261,35 @@ def _add_eval(sub):
                         "multipl-e-LANG, gsm8k, gsm8k-pal, mbpp-instruct, apps[-introductory|-interview|-competition], "
                         "ds1000, lcc-{python,java,csharp}[-4k]")
     p.add_argument("--model", required=True, help="checkpoint directory (native, hf) or server URL (openai)")
-    p.add_argument("--backend", default="native", choices=["native", "hf", "openai"])
-    p.add_argument("--n", type=int, default=1, help="samples per task (200 for the paper's pass@10/100)")
-    p.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) if n=1, else the protocol's (0.8; APPS 0.6)")
-    p.add_argument("--top-p", type=float, default=None, help="default: 0.95 when sampling")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the benchmark protocol's")
-    p.add_argument("--limit", type=int, default=None, help="only the first K tasks")
+    p.add_argument("--backend", default="native", choices=["native", "hf", "openai"],
+                   help="how to generate (default: %(default)s)")
+    p.add_argument("--n", type=POSITIVE_INT, default=1,
+                   help="samples per task (200 for the paper's pass@10/100; default: %(default)s)")
+    p.add_argument("--temperature", type=NONNEG_FLOAT, default=None, help="default: 0 (greedy) if n=1, else the protocol's (0.8; APPS 0.6)")
+    p.add_argument("--top-p", type=PROBABILITY, default=None, help="default: 0.95 when sampling")
+    p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=None,
+                   help="default: the benchmark protocol's (cut to the model's context with a warning)")
+    p.add_argument("--limit", type=POSITIVE_INT, default=None, help="only the first K tasks (default: all)")
     p.add_argument("--out", default=None, help="run folder (default: eval-runs/BENCHMARK)")
+    _add_force(p, "--out")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out without regenerating")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None, help="generations per batch (native, hf) or per round (openai)")
+    p.add_argument("--seed", type=SEED, default=0, help="sampling seed (default: %(default)s)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=None,
+                   help="generations per batch (native, hf) or per round (openai)")
     p.add_argument("--data-dir", default=None, help="benchmark data folder (default: $CODELM_DATA_DIR)")
-    p.add_argument("--workers", type=int, default=None, help="sandbox workers (default: CPU count)")
-    p.add_argument("--sandbox", default="auto", choices=["auto", "none", "rlimits", "namespaces"])
-    p.add_argument("--timeout", type=float, default=None, help="floor of the per-task time limit in seconds")
+    p.add_argument("--workers", type=POSITIVE_INT, default=None, help="sandbox workers (default: CPU count)")
+    p.add_argument("--sandbox", default="auto", choices=["auto", "none", "rlimits", "namespaces"],
+                   help="isolation of the executed code (default: auto, the strongest available)")
+    p.add_argument("--timeout", type=POSITIVE_FLOAT, default=None, help="floor of the per-task time limit in seconds")
     p.add_argument("--chat", action="store_true", help="openai backend: use /v1/chat/completions (instruct models)")
     p.add_argument("--infill", default="suffix", choices=["suffix", "tokens", "llama.cpp"],
-                   help="openai backend: how infilling prompts are sent (tokens: for vLLM, needs --tokenizer)")
+                   help="openai backend: how infilling prompts are sent (tokens: for vLLM, needs --tokenizer; "
+                        "default: %(default)s)")
     p.add_argument("--tokenizer", default=None, help="openai backend: the model's tokenizer folder (--infill tokens)")
     p.add_argument("--served-model", default=None, help="openai backend: model name (default: the server's first)")
     p.add_argument("--api-key", default=None, help="openai backend (default: $OPENAI_API_KEY)")
-    p.add_argument("--concurrency", type=int, default=8, help="openai backend: requests in flight")
+    p.add_argument("--concurrency", type=POSITIVE_INT, default=8,
+                   help="openai backend: requests in flight (default: %(default)s)")
     p.add_argument("--device", default=None, help="native/hf backends: cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="native/hf backends (default: bfloat16 on a GPU, float32 on a CPU)")
@@ -226,7 +307,7 @@ def _add_report(sub):
     p = sub.add_parser("report", help="rebuild an eval run's report; compare with another run or the paper")
     p.add_argument("run_dir", help="a run folder of codelm eval, or a folder of run folders")
     p.add_argument("--compare", default=None, help="another run (folder) or 'paper'")
-    p.add_argument("--paper-model", default="Code Llama 7B", help="the paper's row to compare with")
+    p.add_argument("--paper-model", default="Code Llama 7B", help="the paper's row to compare with (default: %(default)s)")
     p.set_defaults(func=_run_report)
 
 
@@ -239,9 +320,11 @@ def _run_report(args):
 # ------------------------------------------------------------------- export
 def _add_export(sub):
     p = sub.add_parser("export", help="export a checkpoint for other engines: GGUF (llama.cpp, Ollama) or HF (vLLM)")
-    p.add_argument("--format", required=True, choices=["gguf", "hf"])
+    p.add_argument("--format", required=True, choices=["gguf", "hf"],
+                   help="gguf: one file for llama.cpp and Ollama; hf: a Hugging Face folder for vLLM and transformers")
     p.add_argument("model", help="checkpoint directory (HF or Meta layout)")
     p.add_argument("out", help="the .gguf file, or the HF folder")
+    _add_force(p, "OUT")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="weights' dtype (GGUF: float32 or float16; default float32 / as stored)")
     p.add_argument("--name", default=None, help="model name in the GGUF metadata (default: the folder's name)")
@@ -259,20 +342,22 @@ def _add_lab(sub):
     p = sub.add_parser("lab", help="experiments: `lab length` (train short, test long), `lab longctx` (evaluate a model)")
     labs = p.add_subparsers(dest="experiment", required=True)
     ln = labs.add_parser("length", help="RoPE, θ, LCFT, position interpolation and ALiBi compared by context length")
-    ln.add_argument("--out", default="lab-length", help="output folder (runs, evaluations, table, plots)")
+    ln.add_argument("--out", default="lab-length",
+                    help="output folder (runs, evaluations, table, plots; resumed when it exists; default: %(default)s)")
+    _add_force(ln, "--out")
     ln.add_argument("--quick", action="store_true", help="tiny sizes, one seed: a first look in a few minutes")
-    ln.add_argument("--seeds", type=int, default=None, help="seeds (default 3; 1 with --quick)")
-    ln.add_argument("--seq-len", type=int, default=None, help="the training length L (default: the recipe's)")
-    ln.add_argument("--lcft-factor", type=int, default=None, help="fine-tune at this multiple of L (default 8; 4 with --quick)")
-    ln.add_argument("--retrieval-examples", type=int, default=None, help="key-retrieval prompts per cell and seed")
-    ln.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens scored at every length")
-    ln.add_argument("--drill-weight", type=float, default=None, help="share of retrieval drills in pretraining")
-    ln.add_argument("--drill-loss-weight", type=float, default=None,
+    ln.add_argument("--seeds", type=POSITIVE_INT, default=None, help="seeds (default 3; 1 with --quick)")
+    ln.add_argument("--seq-len", type=POSITIVE_INT, default=None, help="the training length L (default: the recipe's)")
+    ln.add_argument("--lcft-factor", type=POSITIVE_INT, default=None, help="fine-tune at this multiple of L (default 8; 4 with --quick)")
+    ln.add_argument("--retrieval-examples", type=POSITIVE_INT, default=None, help="key-retrieval prompts per cell and seed")
+    ln.add_argument("--eval-tokens", type=POSITIVE_INT, default=None, help="held-out tokens scored at every length")
+    ln.add_argument("--drill-weight", type=_number(float, 0.0, 1.0, what="a number in [0, 1]"), default=None, help="share of retrieval drills in pretraining")
+    ln.add_argument("--drill-loss-weight", type=NONNEG_FLOAT, default=None,
                     help="how many code tokens one drill answer token counts in the pretraining loss")
-    ln.add_argument("--lcft-drill-weight", type=float, default=None, help="share of retrieval drills in the fine-tunes (default 0)")
-    ln.add_argument("--lcft-drill-loss-weight", type=float, default=None,
+    ln.add_argument("--lcft-drill-weight", type=_number(float, 0.0, 1.0, what="a number in [0, 1]"), default=None, help="share of retrieval drills in the fine-tunes (default 0)")
+    ln.add_argument("--lcft-drill-loss-weight", type=NONNEG_FLOAT, default=None,
                     help="how many code tokens one drill answer token counts in the fine-tunes' loss")
-    ln.add_argument("--train-chars", type=int, default=None, help="training text kept from the corpus")
+    ln.add_argument("--train-chars", type=POSITIVE_INT, default=None, help="training text kept from the corpus")
     ln.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override the pretraining recipe (recipes/lab-length.toml), e.g. train.max_steps=600")
     ln.add_argument("--lcft-set", action="append", default=[], metavar="KEY=VALUE",
@@ -281,16 +366,19 @@ def _add_lab(sub):
     lc.add_argument("--model", required=True, help="checkpoint directory (HF or Meta layout)")
     lc.add_argument("--corpus", required=True, help="corpus folder (its held-out split) or a JSONL file with text")
     lc.add_argument("--split", default="valid", help="which split of the corpus folder (default: valid)")
-    lc.add_argument("--benchmark", default="all", choices=["perplexity", "key-retrieval", "all"])
+    lc.add_argument("--benchmark", default="all", choices=["perplexity", "key-retrieval", "all"],
+                    help="what to measure (default: %(default)s)")
     lc.add_argument("--lengths", default=None, help="e.g. 'L/4,L,4L,16L' or '4096,16384' (L = the model's length)")
-    lc.add_argument("--trained-length", type=int, default=None, help="L (default: the config's max_seq_len)")
+    lc.add_argument("--trained-length", type=POSITIVE_INT, default=None, help="L (default: the config's max_seq_len)")
     lc.add_argument("--positions", default=None, help="key positions, e.g. 0,0.2,0.4 (the paper's, the default)")
-    lc.add_argument("--sweep-length", type=int, default=None, help="length of the position sweep (default: the longest)")
-    lc.add_argument("--examples", type=int, default=64, help="key-retrieval prompts per length and position")
-    lc.add_argument("--eval-tokens", type=int, default=65536, help="held-out tokens scored at every length")
-    lc.add_argument("--rope-theta", type=float, default=None, help="evaluate with this RoPE base instead")
-    lc.add_argument("--seed", type=int, default=0)
-    lc.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    lc.add_argument("--sweep-length", type=POSITIVE_INT, default=None, help="length of the position sweep (default: the longest)")
+    lc.add_argument("--examples", type=POSITIVE_INT, default=64,
+                    help="key-retrieval prompts per length and position (default: %(default)s)")
+    lc.add_argument("--eval-tokens", type=POSITIVE_INT, default=65536,
+                    help="held-out tokens scored at every length (default: %(default)s)")
+    lc.add_argument("--rope-theta", type=POSITIVE_FLOAT, default=None, help="evaluate with this RoPE base instead")
+    lc.add_argument("--seed", type=SEED, default=0, help="seed of the prompts (default: %(default)s)")
+    lc.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch CPU threads (default: torch's)")
     lc.add_argument("--out", default=None, help="write the results to this JSON file")
     p.set_defaults(func=_run_lab)
 
@@ -305,26 +393,34 @@ def _run_lab(args):
 def _add_selfinstruct(sub):
     p = sub.add_parser("selfinstruct", help="make question/tests/solution triplets with models, kept by execution")
     p.add_argument("--out", required=True, help="run folder (resumed when it exists)")
+    _add_force(p, "--out")
     p.add_argument("--model", default=None, help="checkpoint directory or server URL for every stage")
-    p.add_argument("--backend", default="native", choices=["native", "hf", "openai"])
+    p.add_argument("--backend", default="native", choices=["native", "hf", "openai"],
+                   help="how every stage generates (default: %(default)s)")
     p.add_argument("--served-model", default=None, help="openai backend: model name (default: the server's first)")
     for stage in ("questions", "tests", "solutions"):
         p.add_argument(f"--{stage}-model", default=None, help=f"model of the {stage} stage (default: --model)")
-        p.add_argument(f"--{stage}-backend", default=None, choices=["native", "hf", "openai"])
-        p.add_argument(f"--{stage}-served-model", default=None)
+        p.add_argument(f"--{stage}-backend", default=None, choices=["native", "hf", "openai"],
+                       help=f"backend of the {stage} stage (default: --backend)")
+        p.add_argument(f"--{stage}-served-model", default=None,
+                       help=f"openai backend: model name of the {stage} stage (default: --served-model)")
     p.add_argument("--chat", action="store_true", help="openai backends: ask through /v1/chat/completions")
     p.add_argument("--api-key", default=None, help="openai backend (default: $OPENAI_API_KEY)")
-    p.add_argument("--question-prompts", type=int, default=4, help="question prompts sent (50 questions asked each)")
-    p.add_argument("--max-questions", type=int, default=None, help="use only the first N unique questions")
+    p.add_argument("--question-prompts", type=POSITIVE_INT, default=4,
+                   help="question prompts sent, 50 questions asked each (default: %(default)s)")
+    p.add_argument("--max-questions", type=POSITIVE_INT, default=None, help="use only the first N unique questions")
     p.add_argument("--questions-file", default=None, help="skip stage 1: questions from this file, one per line")
-    p.add_argument("--tests", type=int, default=5, help="unit tests kept per question")
-    p.add_argument("--solutions", type=int, default=10, help="solutions sampled per question")
-    p.add_argument("--temperature", type=float, default=None, help="questions and solutions (default 0.8)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--workers", type=int, default=None, help="sandbox workers (default: CPU count)")
-    p.add_argument("--sandbox", default="auto", choices=["auto", "none", "rlimits", "namespaces"])
-    p.add_argument("--timeout", type=float, default=5.0, help="CPU seconds per solution run")
+    p.add_argument("--tests", type=POSITIVE_INT, default=5, help="unit tests kept per question (default: %(default)s)")
+    p.add_argument("--solutions", type=POSITIVE_INT, default=10,
+                   help="solutions sampled per question (default: %(default)s)")
+    p.add_argument("--temperature", type=NONNEG_FLOAT, default=None, help="questions and solutions (default 0.8)")
+    p.add_argument("--seed", type=SEED, default=0, help="sampling seed (default: %(default)s)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=None, help="generations per batch (default: the backend's)")
+    p.add_argument("--workers", type=POSITIVE_INT, default=None, help="sandbox workers (default: CPU count)")
+    p.add_argument("--sandbox", default="auto", choices=["auto", "none", "rlimits", "namespaces"],
+                   help="isolation of the executed solutions (default: auto, the strongest available)")
+    p.add_argument("--timeout", type=POSITIVE_FLOAT, default=5.0,
+                   help="CPU seconds per solution run (default: %(default)s)")
     p.set_defaults(func=_run_selfinstruct)
 
 
@@ -342,13 +438,15 @@ def _add_chat(sub):
     p.add_argument("--served-model", default=None, help="--url: model name (default: the server's first)")
     p.add_argument("--api-key", default=None, help="--url (default: $OPENAI_API_KEY)")
     p.add_argument("--system", default=None, help="system prompt")
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.2)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=512,
+                   help="most tokens per answer (default: %(default)s)")
+    p.add_argument("--temperature", type=NONNEG_FLOAT, default=0.2, help="0 means greedy (default: %(default)s)")
+    p.add_argument("--top-p", type=PROBABILITY, default=0.95, help="nucleus sampling mass (default: %(default)s)")
+    p.add_argument("--seed", type=SEED, default=None, help="random seed for sampling (default: none, random)")
     p.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
     p.add_argument("--device", default=None, help="--model: cpu, cuda (default: cuda if present)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="--model: weights' dtype (default: bfloat16 on a GPU, float32 on a CPU)")
     p.set_defaults(func=_run_chat)
 
 
@@ -362,7 +460,7 @@ COMMANDS = [_add_info, _add_convert, _add_complete, _add_infill, _add_score, _ad
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="codelm", description="Code Llama end to end.")
+    parser = _Parser(prog="codelm", description="Code Llama end to end.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
@@ -370,17 +468,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    import codelm.errors
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the subcommand, as every other error of that command
+        parser.exit(2, f"codelm {args.command}: error: unrecognized arguments: {' '.join(extra)}\n")
+    codelm.errors.COMMAND = f"codelm {args.command}"
     try:
         rc = args.func(args)
     except CodelmError as e:
         # Bad input is the user's to fix: one clear line, no traceback.
-        print(f"codelm {args.command}: error: {e}", file=sys.stderr)
+        print(f"codelm {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`codelm complete ... | head`): stop quietly, as other Unix tools do.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except (ValueError, TypeError, OSError, ZeroDivisionError) as e:
+        # A value the edge checks missed, or a file the system refused: still one line, not a traceback
+        # (CODELM_TRACEBACK=1 shows the traceback, for reporting a bug).
+        if os.environ.get("CODELM_TRACEBACK"):
+            raise
+        print(f"codelm {args.command}: error: {_one_line(e)} ({type(e).__name__}; set CODELM_TRACEBACK=1 for "
+              "the traceback)", file=sys.stderr)
+        return 2
     return int(rc or 0)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return " ".join(text.split()) if "\n" in text else text
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from codelm.data.corpus import STDLIB_TEST_EXCLUDE, CorpusOptions, build_corpus,
 from codelm.data.packing import make_batch, read_meta
 from codelm.errors import DataError
 from codelm.evaluate import longctx as lc
-from codelm.files import atomic_write, pyplot, save_figure, write_json
+from codelm.files import atomic_write, claim_output, mark_output, pyplot, save_figure, write_json
 from codelm.generate import complete, infill, infill_batch
 from codelm.model.checkpoint import load
 from codelm.model.config import ModelConfig
@@ -237,7 +237,10 @@ def _fence(text: str) -> str:
 def demo_main(args) -> int:
     out = Path(args.out)
     quick = bool(getattr(args, "quick", False))
+    claim_output(out, "demo", folder=True, force=getattr(args, "force", False), what="demo folder",
+                 legacy=lambda p: (p / "runs").is_dir() or (p / "summary.json").exists())
     out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, "demo")
     t_start = time.time()
     print(f"demo: 1/5 corpus from the Python standard library{' (quick: a few packages)' if quick else ''}")
     corpus = build_demo_corpus(out, quick, show_progress=True)

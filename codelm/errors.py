@@ -19,3 +19,15 @@ class ConfigError(CodelmError):
 
 class DataError(CodelmError):
     """A data file is malformed (the message names the file and line)."""
+
+
+# The command being run ("codelm eval"), set by the CLI, so library warnings name the command the
+# user typed rather than the module that printed them.
+COMMAND = "codelm"
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr, prefixed with the running command."""
+    import sys
+
+    print(f"{COMMAND}: warning: {message}", file=sys.stderr, flush=True)

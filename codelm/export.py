@@ -139,6 +139,9 @@ def export_gguf(model, tokenizer, path, name: str = "codelm", dtype: str = "floa
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        from codelm.files import file_mode
+
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -150,8 +153,19 @@ def export_main(args) -> int:
     """Entry point of `codelm export --format gguf|hf MODEL OUT`."""
     from codelm.model.checkpoint import load, save_hf
 
+    from codelm.files import claim_output, mark_output
+
     if args.format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+    force = getattr(args, "force", False)
+    if args.format == "hf":
+        claim_output(args.out, "checkpoint", folder=True, force=force, inputs=[args.model], what="exported checkpoint")
+    else:
+        if Path(args.out).is_dir():
+            raise CodelmError(f"{args.out} is a folder; give the GGUF file's path")
+        claim_output(args.out, "gguf", folder=False, force=force, inputs=[args.model], what="GGUF file")
+        if args.dtype not in (None, "float32", "float16"):
+            raise ConfigError(f"--dtype for GGUF must be float32 or float16, got {args.dtype}")
     loaded = load(args.model)
     if args.format == "hf":
         save_hf(loaded.model, args.out, tokenizer=loaded.tokenizer, dtype=args.dtype)
@@ -164,6 +178,7 @@ def export_main(args) -> int:
         raise CodelmError(f"{args.out} is a folder; give the GGUF file's path")
     export_gguf(loaded.model, loaded.tokenizer, args.out, name=args.name or Path(args.model).resolve().name,
                 dtype=args.dtype or "float32")
+    mark_output(args.out, "gguf")
     size = Path(args.out).stat().st_size
     print(f"exported {args.model} -> {args.out} (GGUF, {size / 1e6:.1f} MB)")
     return 0

@@ -1,5 +1,14 @@
 """Files a user keeps: JSON Lines read with errors that name the file and line; every write atomic
-(a temp file beside the target, fsync, rename), so a crash never leaves a half-written file."""
+(a temp file beside the target, fsync, rename), so a crash never leaves a half-written file, and
+with the user's umask (0644 by default), not the temp file's 0600.
+
+One rule for every output a command writes (`claim_output`): codelm never replaces or deletes
+something it did not write. An existing file, or a non-empty folder, that is not codelm's own earlier
+output of the same kind is refused with one line naming it (`--force` replaces it), and an output
+that is one of the command's inputs is refused even with `--force`. codelm recognises its own
+outputs by a marker it writes (`mark_output`): a `.codelm` file inside a folder it made, and for a
+file an entry in `.codelm-outputs.json` beside it (name, kind, size and modification time, so a
+file edited or replaced since is no longer taken for codelm's)."""
 from __future__ import annotations
 
 import gzip
@@ -10,7 +19,40 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
-from codelm.errors import DataError
+from codelm.errors import CodelmError, DataError
+
+DIR_MARKER = ".codelm"
+FILE_MARKERS = ".codelm-outputs.json"
+
+
+class OutputError(CodelmError):
+    """An output path holds something codelm did not write (or is an input)."""
+
+
+_UMASK: int | None = None
+
+
+def current_umask() -> int:
+    """The process's umask, read once without changing it (Linux: /proc/self/status)."""
+    global _UMASK
+    if _UMASK is None:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("Umask:"):
+                        _UMASK = int(line.split()[1], 8)
+                        break
+        except OSError:
+            pass
+        if _UMASK is None:  # no /proc: the classic set-and-restore, once
+            _UMASK = os.umask(0o022)
+            os.umask(_UMASK)
+    return _UMASK
+
+
+def file_mode() -> int:
+    """The mode a plain new file gets from open(): 0o666 less the umask."""
+    return 0o666 & ~current_umask()
 
 
 def iter_jsonl(path: str | Path, what: str = "it") -> Iterator[tuple[int, dict]]:
@@ -53,6 +95,7 @@ def atomic_write_stream(path: str | Path, write: Callable[[IO], object], binary:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; the file should read like any other the user writes
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -158,3 +201,94 @@ class AppendLog:
     def remove(self) -> None:
         self.close()
         self.path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- outputs
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """a is b or lies inside folder b (resolved paths)."""
+    try:
+        a, b = a.resolve(), b.resolve()
+    except OSError:
+        return False
+    return a == b or b in a.parents
+
+
+def _file_markers(folder: Path) -> dict:
+    try:
+        data = json.loads((folder / FILE_MARKERS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_codelm_output(path: str | Path, kind: str) -> bool:
+    """Whether `path` is an output of `kind` that codelm wrote and nobody changed since (files) or
+    marked as its own (folders)."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            marker = json.loads((path / DIR_MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(marker, dict) and marker.get("kind") == kind
+    entry = _file_markers(path.parent).get(path.name)
+    if not isinstance(entry, dict) or entry.get("kind") != kind:
+        return False
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
+
+
+def claim_output(path: str | Path, kind: str, *, folder: bool, force: bool = False, inputs=(),
+                 what: str = "output", legacy: Callable[[Path], bool] | None = None) -> Path:
+    """Check that a command may write `path` (a file, or a folder with `folder=True`); raise an
+    OutputError naming it otherwise. Allowed: a path that does not exist, an empty folder, codelm's own
+    earlier output of the same `kind` (or one `legacy(path)` recognises, from before markers), or
+    anything with `force` except a folder where a file is expected and vice versa. Never allowed, even
+    with `force`: an output that is, or (for a folder) contains, one of `inputs`."""
+    path = Path(path)
+    for inp in inputs:
+        if inp is None:
+            continue
+        inp = Path(inp)
+        if _same(path, inp) or (folder and inp.exists() and _inside(inp, path)):
+            raise OutputError(f"{path}: the {what} would replace the input {inp}; choose another path")
+    if not path.exists() and not path.is_symlink():
+        return path
+    if folder:
+        if not path.is_dir():
+            raise OutputError(f"{path} exists and is not a folder; give a folder path for the {what}")
+        if force or not any(path.iterdir()) or is_codelm_output(path, kind) or (legacy and legacy(path)):
+            return path
+        raise OutputError(f"{path} holds files codelm did not write (it is not a codelm {kind} folder); refusing to "
+                          f"write into it (pass --force to, or choose another path)")
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file path for the {what}")
+    if force or is_codelm_output(path, kind) or (legacy and legacy(path)):
+        return path
+    raise OutputError(f"{path} exists and codelm did not write it; refusing to overwrite it "
+                      f"(pass --force to replace it, or choose another path)")
+
+
+def mark_output(path: str | Path, kind: str) -> None:
+    """Record `path` (just written) as codelm's own output of `kind`."""
+    path = Path(path)
+    if path.is_dir():
+        marker = path / DIR_MARKER
+        if not marker.exists():
+            atomic_write(marker, json.dumps({"kind": kind, "written_by": "codelm"}) + "\n")
+        return
+    st = path.stat()
+    markers = _file_markers(path.parent)
+    markers = {n: e for n, e in markers.items() if (path.parent / n).exists()}  # forget deleted files
+    markers[path.name] = {"kind": kind, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    atomic_write(path.parent / FILE_MARKERS, json.dumps(markers, indent=1, sort_keys=True) + "\n")

@@ -415,6 +415,9 @@ def _open_run(out: Path, cfg: SelfInstructConfig) -> dict:
                               "use another --out folder")
         return run
     out.mkdir(parents=True, exist_ok=True)
+    from codelm.files import mark_output
+
+    mark_output(out, "selfinstruct")
     return {"codelm_selfinstruct_run": RUN_VERSION, "settings": settings}
 
 
@@ -478,6 +481,10 @@ def selfinstruct_main(args) -> int:
         timeout=args.timeout, progress=sys.stderr.isatty())
     if args.temperature is not None:
         cfg.question_temperature = cfg.solution_temperature = args.temperature
+    from codelm.files import claim_output
+
+    claim_output(args.out, "selfinstruct", folder=True, force=getattr(args, "force", False), what="run folder",
+                 legacy=lambda p: (p / "run.json").exists())
     summary = run_selfinstruct(cfg)
     y = summary["yield"]
     q = summary["questions"]

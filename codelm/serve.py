@@ -1,7 +1,7 @@
 """`codelm serve`: an OpenAI-compatible HTTP server for a codelm model (standard library only).
 
 Routes:
-  GET  /v1/models                the one model served (its name: --name, default the folder's name)
+  GET  /v1/models                the one model served (its name: --served-model-name, default the folder's name)
   POST /v1/completions           prompt (text, texts, token ids, or lists of token ids), `suffix` for
                                  infilling (PSM; `"spm": true` for suffix-prefix-middle), n, max_tokens,
                                  temperature, top_p, top_k, stop, seed, echo, stream (server-sent events)
@@ -118,7 +118,7 @@ class ModelService:
         temperature = float(_get(body, "temperature", (int, float), 1.0, lambda v: 0 <= v <= 2, "a number in [0, 2]"))
         top_p = float(_get(body, "top_p", (int, float), 1.0, lambda v: 0 < v <= 1, "a number in (0, 1]"))
         top_k = _get(body, "top_k", int, 0, lambda v: v >= 0, "an integer >= 0")
-        seed = _get(body, "seed", int, None)
+        seed = _get(body, "seed", int, None, lambda v: -2**63 <= v < 2**63, "a 64-bit integer")
         stop = body.get("stop")
         if stop is None:
             stop = []
@@ -255,6 +255,23 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             raise ClientGone() from None
 
+    DRAIN_LIMIT = 64 << 20  # bytes of a refused body read and dropped, so its client sees the answer
+
+    def _drain(self, length: int) -> None:
+        """Read and drop a refused body (up to DRAIN_LIMIT bytes, 10 s without progress), after the answer
+        went out: a client still sending then finishes and reads the 413 instead of a broken pipe."""
+        left = min(length, max(self.DRAIN_LIMIT, 4 * self.service.limits.max_body_bytes))
+        try:
+            self.connection.settimeout(10)
+            while left > 0:
+                chunk = self.rfile.read1(min(left, 1 << 16)) if hasattr(self.rfile, "read1") else \
+                    self.rfile.read(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:
+            pass
+
     def _read_body(self) -> dict:
         length = self.headers.get("Content-Length")
         if length is None:
@@ -266,6 +283,7 @@ class Handler(BaseHTTPRequestHandler):
         if length < 0:
             raise ApiError(400, "Content-Length is negative")
         if length > self.service.limits.max_body_bytes:
+            self._unread = length
             raise ApiError(413, f"request body of {length} bytes exceeds the limit of "
                                 f"{self.service.limits.max_body_bytes} bytes", code="request_too_large")
         raw = self.rfile.read(length)
@@ -298,6 +316,7 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0].rstrip("/")
         routes = {"/v1/completions": self._completions, "/v1/chat/completions": self._chat, "/infill": self._infill}
         self._body_read = False
+        self._unread = 0
         try:
             if path not in routes:
                 raise ApiError(404, f"no route POST {path}", code="not_found")
@@ -306,6 +325,8 @@ class Handler(BaseHTTPRequestHandler):
         except ApiError as e:
             # A body left unread (too large, no length, no route) would be taken for the next request: close.
             self._send_error(e, close=not self._body_read)
+            if self._unread:
+                self._drain(self._unread)
         except ClientGone:
             self.close_connection = True
         except Exception as e:  # noqa: BLE001 - one bad request must not take the server down
@@ -412,7 +433,7 @@ class Handler(BaseHTTPRequestHandler):
             max_new_tokens=_get(body, "n_predict", int, 128, lambda v: v >= 0, "an integer >= 0"),
             temperature=float(_get(body, "temperature", (int, float), 0.8, lambda v: v >= 0, "a number >= 0")),
             top_p=float(_get(body, "top_p", (int, float), 0.95, lambda v: 0 < v <= 1, "a number in (0, 1]")),
-            seed=_get(body, "seed", int, None), stop=tuple(stop))
+            seed=_get(body, "seed", int, None, lambda v: -2**63 <= v < 2**63, "a 64-bit integer"), stop=tuple(stop))
         prompt = infilling_tokens(tok, prefix, suffix)
         svc.check_length([prompt], params)
         g = svc.run([prompt], params, {tok.eot_id, tok.eos_id}, tok.decode_infilling)[0]

@@ -191,3 +191,35 @@ def test_cache_resumes_without_regenerating(ckpt, tmp_path):
 def test_cut_at_stop():
     assert cut_at_stop("a\ndef b\nclass", ["\nclass", "\ndef"]) == ("a", True)
     assert cut_at_stop("abc", ["x", ""]) == ("abc", False)
+
+
+class _Deterministic(BaseHTTPRequestHandler):
+    """Answers every POST with the status and error body the test sets; counts the calls."""
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.calls += 1
+        data = json.dumps({"error": {"message": "max_tokens is too large", "type": self.server.kind}}).encode()
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.mark.parametrize("status, kind", [(400, "invalid_request_error"), (409, "conflict"),
+                                          (500, "invalid_request_error"), (501, "server_error")])
+def test_openai_backend_does_not_retry_deterministic_errors(status, kind):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Deterministic)
+    srv.calls, srv.status, srv.kind = 0, status, kind
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = "http://%s:%d" % srv.server_address[:2]
+        with pytest.raises(ServerError, match=f"answered HTTP {status}: max_tokens is too large"):
+            OpenAIBackend(url, model="m", retries=3, backoff=0.01).generate([Request("p")])
+        assert srv.calls == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -229,3 +229,59 @@ def test_close_waits_for_the_generation_in_flight_and_refuses_new_ones():
     with pytest.raises(ApiError) as e:
         service.run([[1, 2, 3]], params, set(), tok.decode)
     assert e.value.status == 503
+
+
+def test_an_oversized_body_is_answered_413_after_draining_it(served):
+    """A client that keeps writing a 10 MB body reads the 413 (no broken pipe), and the server lives on."""
+    _, _, _, client, (host, port) = served
+    size = 10 << 20
+    s = socket.create_connection((host, port), timeout=60)
+    try:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {size}\r\n\r\n".encode())
+        chunk = b"x" * (1 << 16)
+        for _ in range(size // len(chunk)):
+            s.sendall(chunk)  # raises BrokenPipeError / ConnectionResetError if the server stopped reading
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            data = s.recv(65536)
+            if not data:
+                break
+            answer += data
+    finally:
+        s.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert body["error"]["code"] == "request_too_large"
+    _alive(client)
+
+
+BAD_FIELDS = [
+    ("/v1/completions", {"temperature": "hot"}), ("/v1/completions", {"temperature": -1}),
+    ("/v1/completions", {"top_p": 0}), ("/v1/completions", {"top_p": 2}), ("/v1/completions", {"top_k": -1}),
+    ("/v1/completions", {"n": 0}), ("/v1/completions", {"n": 10_000}), ("/v1/completions", {"max_tokens": -1}),
+    ("/v1/completions", {"max_tokens": "5"}), ("/v1/completions", {"max_tokens": True}),
+    ("/v1/completions", {"seed": 2 ** 70}), ("/v1/completions", {"seed": 1.5}), ("/v1/completions", {"stop": 5}),
+    ("/v1/completions", {"stop": ["x"] * 100}), ("/v1/completions", {"suffix": 5}),
+    ("/v1/completions", {"echo": "yes"}), ("/v1/completions", {"stream": "yes"}),
+    ("/v1/completions", {"logprobs": 5}), ("/v1/completions", {"prompt": [10 ** 9]}),
+    ("/v1/completions", {"prompt": {"a": 1}}),
+    ("/v1/chat/completions", {"messages": "hi"}), ("/v1/chat/completions", {"messages": [5]}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "seed": 2 ** 70}),
+    ("/infill", {"n_predict": -1}), ("/infill", {"input_prefix": 5}), ("/infill", {"seed": 2 ** 70}),
+    ("/infill", {"top_p": 0}), ("/infill", {"stop": "x"}),
+]
+
+
+@pytest.mark.parametrize("route, fields", BAD_FIELDS)
+def test_every_bad_request_field_is_a_400_naming_it(served, route, fields):
+    _, _, _, _, (host, port) = served
+    body = {"model": NAME, "prompt": "x", "max_tokens": 2, **fields}
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.request("POST", route, body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 400, answer
+    named = list(fields)[-1]
+    assert named in answer["error"]["message"] or answer["error"]["param"] == named, answer

@@ -525,13 +525,19 @@ def corpus_main(args) -> int:
         opts.exclude = list(args.exclude)
     if getattr(args, "max_file_bytes", None):
         opts.max_bytes = args.max_file_bytes
+    from codelm.files import claim_output, mark_output
+
+    claim_output(args.out, "corpus", folder=True, force=getattr(args, "force", False), what="corpus folder",
+                 legacy=lambda p: (p / ".work").is_dir() or (p / "report.json").exists())
     r = build_corpus(args.out, sources=args.source, data_dir=args.data_dir, opts=opts)
+    mark_output(args.out, "corpus")
     print(f"corpus: {r.files_kept} files ({_mb(r.bytes_kept)}) kept of {r.files_seen}: "
           f"{r.train_files} train, {r.valid_files} valid; {r.exact_duplicates} exact and "
           f"{r.near_duplicates} near duplicates, {len(r.contaminated)} contaminated removed")
     if r.decontamination.get("missing"):
         names = ", ".join(m.split(" (", 1)[0] for m in r.decontamination["missing"])
-        print(f"corpus: warning: not decontaminated against {names} (data not found; see the report; "
-              "set CODELM_DATA_DIR or --data-dir)", file=sys.stderr)
+        from codelm.errors import warn
+
+        warn(f"not decontaminated against {names} (data not found; see the report; set CODELM_DATA_DIR or --data-dir)")
     print(f"corpus: report in {Path(args.out) / 'report.md'}")
     return 0

@@ -58,6 +58,7 @@ class EvalConfig:
     device: str | None = None  # native, hf: default cuda if available, else cpu
     dtype: str | None = None  # native, hf: default bfloat16 on a GPU, float32 on a CPU
     progress: bool = True
+    force: bool = False  # write into an --out folder codelm did not make
 
 
 def decoding(cfg: EvalConfig, protocol) -> dict:
@@ -82,6 +83,10 @@ def _settings(cfg: EvalConfig, protocol, dec: dict) -> dict:
 
 
 def _open_run(out: Path, cfg: EvalConfig, settings: dict) -> dict:
+    from codelm.files import claim_output, mark_output
+
+    claim_output(out, "eval-run", folder=True, force=cfg.force,
+                 what="run folder", legacy=lambda p: (p / "run.json").exists())
     run_path = out / "run.json"
     if run_path.exists():
         try:
@@ -97,6 +102,7 @@ def _open_run(out: Path, cfg: EvalConfig, settings: dict) -> dict:
             raise CodelmError(f"{run_path}: --resume with different settings (was, now): {diff}")
         return previous
     out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, "eval-run")
     return {"codelm_eval_run": RUN_VERSION, "settings": settings, "timing": {}}
 
 
@@ -215,7 +221,7 @@ def eval_main(args) -> int:
         seed=args.seed, batch_size=args.batch_size, data_dir=args.data_dir, workers=args.workers,
         sandbox=args.sandbox, timeout=args.timeout, chat=args.chat, infill=args.infill, tokenizer=args.tokenizer,
         served_model=args.served_model, api_key=args.api_key, concurrency=args.concurrency, device=args.device,
-        dtype=args.dtype, progress=sys.stderr.isatty())
+        dtype=args.dtype, progress=sys.stderr.isatty(), force=getattr(args, "force", False))
     summary = run_eval(cfg)
     out = Path(cfg.out or os.path.join("eval-runs", get_protocol(cfg.benchmark).name))
     scores = ", ".join(f"{k} {100 * v:.1f}" for k, v in summary.items() if k.startswith("pass@"))

@@ -352,10 +352,10 @@ def longctx_main(args) -> int:
         for k, v in {**grid, **sweep}.items():
             print(f"key retrieval {k:>14}: {v:.1%}")
     if args.out:
+        from codelm.files import atomic_write, mark_output
+
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, out)
+        atomic_write(out, json.dumps(result, indent=1))
+        mark_output(out, "longctx-results")
         print(f"written to {out}")
     return 0

@@ -24,7 +24,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from codelm.errors import CodelmError, DataError
+from codelm.errors import CodelmError, DataError, warn
 from codelm.files import atomic_write, iter_jsonl, write_jsonl
 from codelm.evaluate import passk
 from codelm.evaluate.benchmarks import load_benchmark
@@ -276,7 +276,7 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
         finish(i, pool.run(replace(job, limits=calibration.limits(task_id)) if calibrated else job))
     bar.close()
     for task_id, reason in calibration.broken.items():
-        print(f"codelm score: warning: the reference solution of {task_id} fails here ({reason})", file=sys.stderr)
+        warn(f"the reference solution of {task_id} fails here ({reason})")
     return {"timeouts_rerun": len(lone_reruns), "reference_failures": calibration.broken,
             "calibrated_tasks": len(calibration.done)}
 
@@ -367,7 +367,7 @@ def _summarize(benchmark, samples, rows, ks, extra, summary_path: Path, out_path
     if len(rows) >= 10 and passed == 0 and len(kinds) == 1:
         summary["warning"] = (f"every sample failed the same way ({next(iter(kinds))}): check the samples' "
                               "format (completion vs whole program) and the sandbox")
-        print(f"codelm score: warning: {summary['warning']}", file=sys.stderr)
+        warn(summary["warning"])
     summary["results"] = str(out_path)
     per_task = passk.per_task_table(counts, ks)
     if benchmark.has_base:
@@ -386,8 +386,18 @@ def score_main(args) -> int:
         raise CodelmError(str(e)) from None
     if args.workers is not None and args.workers < 1:
         raise CodelmError(f"--workers must be at least 1, got {args.workers}")
-    summary = score(args.benchmark, args.samples, out_path=args.out, workers=args.workers, timeout=args.timeout,
+    # Never overwrite what codelm did not write (the samples themselves above all): checked before scoring.
+    from codelm.files import claim_output, mark_output
+
+    out = Path(args.out) if args.out else Path(str(args.samples) + "_results.jsonl")
+    summary_out = out.with_name(out.name.removesuffix(".jsonl") + "_summary.json")
+    for path in (out, summary_out):
+        claim_output(path, "score-results", folder=False, force=getattr(args, "force", False), inputs=[args.samples],
+                     what="results file")
+    summary = score(args.benchmark, args.samples, out_path=out, workers=args.workers, timeout=args.timeout,
                     sandbox=args.sandbox, data_dir=args.data_dir, ks=ks, resume=args.resume,
                     progress=sys.stderr.isatty())
+    for path in (out, summary_out):
+        mark_output(path, "score-results")
     print(json.dumps(summary, indent=1))
     return 0

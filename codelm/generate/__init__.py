@@ -15,21 +15,22 @@ def _pad(tokenizer) -> int:
 
 
 def complete_batch(model, tokenizer, prompts: list[str], max_new_tokens=128, temperature=0.0, top_p=1.0, top_k=0,
-                   seed=None, stop=None, on_text=None) -> list[Generation]:
-    """Continue each prompt until EOS, a stop string, or max_new_tokens."""
+                   seed=None, stop=None, on_text=None, max_len=None, on_step=None) -> list[Generation]:
+    """Continue each prompt until EOS, a stop string, or max_new_tokens (or, with max_len, until prompt
+    and continuation fill max_len tokens)."""
     toks = [completion_tokens(tokenizer, p) for p in prompts]
     return generate(model, toks, _params(max_new_tokens, temperature, top_p, top_k, seed, stop),
                     stop_ids={tokenizer.eos_id}, decode=tokenizer.decode_infilling, pad_id=_pad(tokenizer),
-                    on_text=on_text)
+                    on_text=on_text, max_len=max_len, on_step=on_step)
 
 
 def infill_batch(model, tokenizer, pairs: list[tuple[str, str]], spm=False, max_new_tokens=128, temperature=0.0,
-                 top_p=1.0, top_k=0, seed=None, stop=None, on_text=None) -> list[Generation]:
+                 top_p=1.0, top_k=0, seed=None, stop=None, on_text=None, max_len=None, on_step=None) -> list[Generation]:
     """Fill the middle of each (prefix, suffix); stops at EOT (the reference's stop token) or EOS."""
     toks = [infilling_tokens(tokenizer, pre, suf, spm=spm) for pre, suf in pairs]
     return generate(model, toks, _params(max_new_tokens, temperature, top_p, top_k, seed, stop),
                     stop_ids={tokenizer.eot_id, tokenizer.eos_id}, decode=tokenizer.decode_infilling,
-                    pad_id=_pad(tokenizer), on_text=on_text)
+                    pad_id=_pad(tokenizer), on_text=on_text, max_len=max_len, on_step=on_step)
 
 
 def complete(model, tokenizer, prompt: str, **kw) -> str:

@@ -20,18 +20,39 @@ def _load(path):
 
 
 def _read_arg(text: str) -> str:
+    """@FILE: the file as is; otherwise the text with the escapes people type (\\n, \\t) read."""
+    from codelm.cli import unescape
+
     if text.startswith("@"):
         p = Path(text[1:])
         try:
             return p.read_text()
-        except OSError as e:
-            raise CodelmError(f"{p}: cannot read prompt file ({e.strerror})") from None
-    return text
+        except (OSError, UnicodeDecodeError) as e:
+            raise CodelmError(f"{p}: cannot read prompt file ({getattr(e, 'strerror', None) or e})") from None
+    return unescape(text)
 
 
-def _kw(args) -> dict:
-    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                top_k=args.top_k, seed=args.seed, stop=args.stop)
+def _kw(args, max_new_tokens: int) -> dict:
+    from codelm.cli import unescape
+
+    return dict(max_new_tokens=max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                top_k=args.top_k, seed=args.seed, stop=[unescape(s) for s in args.stop or []])
+
+
+def fit_context(prompt_tokens: int, max_new_tokens: int, context: int, flag: str = "--max-new-tokens") -> int:
+    """New tokens that fit the model's context after the prompt: `max_new_tokens`, or fewer with a warning
+    (the same rule in every command that generates locally); a prompt that fills the context is an error."""
+    from codelm.errors import warn
+
+    room = context - prompt_tokens
+    if room <= 0:
+        raise CodelmError(f"the prompt has {prompt_tokens} tokens; this model's maximum context length is "
+                          f"{context} tokens, so nothing can be generated")
+    if max_new_tokens > room:
+        warn(f"the prompt ({prompt_tokens} tokens) + {flag} {max_new_tokens} exceeds this model's maximum context "
+             f"length of {context} tokens; generating at most {room} tokens")
+        return room
+    return max_new_tokens
 
 
 def _stream(row, text):
@@ -40,14 +61,16 @@ def _stream(row, text):
 
 
 def complete_main(args) -> int:
-    from codelm.generate import complete_batch
+    from codelm.generate import complete_batch, completion_tokens
 
-    loaded = _load(args.model)
     prompt = _read_arg(args.prompt)
+    loaded = _load(args.model)
+    max_new = fit_context(len(completion_tokens(loaded.tokenizer, prompt)), args.max_new_tokens,
+                          loaded.config.max_seq_len)
     on_text = None if args.no_stream else _stream
     if on_text:
         sys.stdout.write(prompt)
-    g = complete_batch(loaded.model, loaded.tokenizer, [prompt], on_text=on_text, **_kw(args))[0]
+    g = complete_batch(loaded.model, loaded.tokenizer, [prompt], on_text=on_text, **_kw(args, max_new))[0]
     if args.no_stream:
         sys.stdout.write(prompt + g.text)
     sys.stdout.write("\n")
@@ -56,7 +79,7 @@ def complete_main(args) -> int:
 
 
 def infill_main(args) -> int:
-    from codelm.generate import infill_batch, split_fill
+    from codelm.generate import infill_batch, infilling_tokens, split_fill
 
     if args.file is not None:
         if args.prefix is not None or args.suffix is not None:
@@ -71,11 +94,13 @@ def infill_main(args) -> int:
             raise CodelmError("give --prefix and/or --suffix, or --file with a <FILL> marker")
         prefix, suffix = _read_arg(args.prefix or ""), _read_arg(args.suffix or "")
     loaded = _load(args.model)
+    max_new = fit_context(len(infilling_tokens(loaded.tokenizer, prefix, suffix, spm=args.spm)), args.max_new_tokens,
+                          loaded.config.max_seq_len)
     on_text = None if args.no_stream else _stream
     if on_text:
         sys.stdout.write(prefix)
     g = infill_batch(loaded.model, loaded.tokenizer, [(prefix, suffix)], spm=args.spm, on_text=on_text,
-                     **_kw(args))[0]
+                     **_kw(args, max_new))[0]
     if args.no_stream:
         sys.stdout.write(prefix + g.text)
     sys.stdout.write(suffix if suffix.endswith("\n") else suffix + "\n")

@@ -89,14 +89,26 @@ def generate(
     decode: Callable[[list[int]], str],
     pad_id: int = 0,
     on_text: Callable[[int, str], None] | None = None,
+    max_len: int | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[Generation]:
-    """Generate for a batch of token prompts. on_text(row, new_text) streams decoded text as it is fixed."""
+    """Generate for a batch of token prompts. on_text(row, new_text) streams decoded text as it is fixed.
+
+    max_len: when given (the model's context), a row stops with finish_reason "length" once its prompt
+    plus its new tokens reach it, whatever max_new_tokens asks; None lets generation run past the
+    context (RoPE extrapolation experiments). The KV cache is sized by what can actually be generated,
+    and each decoding step attends only over the positions written so far, so a step's cost depends on
+    the tokens written, not on the requested maximum. on_step(rows_still_generating) is called after
+    every decoding step (progress display)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     device = model.tok_embeddings.weight.device
     B = len(prompts)
     plen = max(len(p) for p in prompts)
-    total = plen + params.max_new_tokens
+    limits = [params.max_new_tokens if max_len is None else max(0, min(params.max_new_tokens, max_len - len(p)))
+              for p in prompts]
+    steps = max(limits)
+    total = plen + steps
     ids = torch.full((B, plen), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros((B, total), dtype=torch.bool, device=device)
     for i, p in enumerate(prompts):
@@ -115,7 +127,7 @@ def generate(
     out_tokens: list[list[int]] = [[] for _ in range(B)]
     texts = [""] * B
     streamed = [0] * B
-    done = [False] * B
+    done = [n == 0 for n in limits]
     results: list[Generation | None] = [None] * B
     stops = [s for s in params.stop if s]
     logits = model(ids, attention_mask=mask[:, :plen] if padded else None, cache=cache, last_only=True)[:, -1]
@@ -126,7 +138,7 @@ def generate(
     key_mask[..., plen:] = False
     positions = torch.tensor([[len(p)] for p in prompts], dtype=torch.long, device=device)
     slot = torch.tensor([plen], dtype=torch.long, device=device)
-    for step in range(params.max_new_tokens):
+    for step in range(steps):
         nxt = sample_next(logits, params, gen)
         nxt_list = nxt.tolist()
         for i in range(B):
@@ -158,10 +170,16 @@ def generate(
                     if len(stable) > streamed[i]:
                         on_text(i, stable[streamed[i]:])
                         streamed[i] = len(stable)
-        if all(done) or step == params.max_new_tokens - 1:
+            if len(out_tokens[i]) >= limits[i]:
+                done[i] = True  # its result ("length") is made below
+        if on_step is not None:
+            on_step(B - sum(done))
+        if all(done) or step == steps - 1:
             break
         key_mask[..., plen + step] = True
-        logits = step_fn(nxt[:, None], slot, positions, key_mask, cache)
+        # Eager decoding attends over the slots written so far only; compiled decoding keeps static shapes.
+        mask_now = key_mask if params.compile else key_mask[..., : plen + step + 1]
+        logits = step_fn(nxt[:, None], slot, positions, mask_now, cache)
         slot += 1
         positions += 1
     for i in range(B):

@@ -335,6 +335,9 @@ def run_lab(s: LabSettings) -> dict:
     t_start = time.time()
     s.out = Path(s.out)
     s.out.mkdir(parents=True, exist_ok=True)
+    from codelm.files import mark_output
+
+    mark_output(s.out, "lab-length")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     timings: dict[str, float] = {}
 
@@ -452,6 +455,10 @@ def quick_settings(s: LabSettings) -> LabSettings:
 # ---------------------------------------------------------------------- CLI
 def lab_main(args) -> int:
     if args.experiment == "length":
+        from codelm.files import claim_output
+
+        claim_output(args.out, "lab-length", folder=True, force=getattr(args, "force", False), what="lab folder",
+                     legacy=lambda p: (p / "runs").is_dir() or (p / "results.json").exists())
         s = LabSettings(out=Path(args.out), seeds=args.seeds if args.seeds is not None else (1 if args.quick else 3),
                         quick=args.quick, overrides=list(args.set or []), lcft_overrides=list(args.lcft_set or []))
         if args.quick:

@@ -148,6 +148,24 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size"):
         if key not in d:
             raise CheckpointError(f"{source}: required field '{key}' is missing")
+    # Every field read below is checked here, so a wrong type is one line naming the field.
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size",
+                "num_key_value_heads", "max_position_embeddings", "head_dim"):
+        v = d.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            raise CheckpointError(f"{source}: field '{key}' must be a positive integer, got {json.dumps(v)}")
+    for key in ("rms_norm_eps", "rope_theta"):
+        v = d.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0):
+            raise CheckpointError(f"{source}: field '{key}' must be a positive number, got {json.dumps(v)}")
+    for key in ("rope_scaling", "rope_parameters"):
+        if d.get(key) is not None and not isinstance(d[key], dict):
+            raise CheckpointError(f"{source}: field '{key}' must be an object, got {json.dumps(d[key])}")
+    for key in ("bos_token_id", "pad_token_id", "eos_token_id"):
+        v = d.get(key)
+        ids = v if key == "eos_token_id" and isinstance(v, list) and v else [v]
+        if any(i is not None and (not isinstance(i, int) or isinstance(i, bool) or i < 0) for i in ids):
+            raise CheckpointError(f"{source}: field '{key}' must be a token id (an integer >= 0), got {json.dumps(v)}")
     if d.get("hidden_act", "silu") != "silu" or d.get("attention_bias") or d.get("mlp_bias"):
         raise CheckpointError(f"{source}: hidden_act/attention_bias/mlp_bias differ from Llama's")
     # transformers 5 writes rope_parameters; checkpoints on the Hub carry rope_theta/rope_scaling.
@@ -203,7 +221,13 @@ class _AtomicDir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
-        os.chmod(self.tmp, 0o755)
+        from codelm.files import DIR_MARKER, current_umask, file_mode
+
+        (self.tmp / DIR_MARKER).write_text(json.dumps({"kind": "checkpoint", "written_by": "codelm"}) + "\n")
+        os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
+        for f in self.tmp.rglob("*"):
+            if f.is_file():
+                os.chmod(f, file_mode())  # safetensors writes 0600
         if self.dst.exists():
             old = self.dst.with_name(f".{self.dst.name}.old-{os.getpid()}")
             os.replace(self.dst, old)
@@ -359,9 +383,14 @@ def detect_layout(path) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    return d
 
 
 def read_config(path) -> ModelConfig:
@@ -420,6 +449,8 @@ def load_meta(path, dtype=None, device="cpu") -> tuple[Transformer, ModelConfig]
     n_layers = params.get("n_layers")
     if n_layers is None:
         raise CheckpointError(f"{p / 'params.json'}: required field 'n_layers' is missing")
+    if not isinstance(n_layers, int) or isinstance(n_layers, bool) or n_layers <= 0:
+        raise CheckpointError(f"{p / 'params.json'}: field 'n_layers' must be a positive integer, got {n_layers!r}")
     merged = {}
     for name, dim in _meta_layout(n_layers):
         parts = []
@@ -428,6 +459,11 @@ def load_meta(path, dtype=None, device="cpu") -> tuple[Transformer, ModelConfig]
                 raise CheckpointError(f"{f}: tensor '{name}' is missing (params.json says {n_layers} layers)")
             parts.append(s[name])
         merged[name] = torch.cat(parts, dim=dim) if dim is not None and len(parts) > 1 else parts[0]
+    for key in ("dim", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "max_seq_len", "codelm_ffn_hidden_dim",
+                "norm_eps", "rope_theta", "ffn_dim_multiplier"):
+        v = params.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            raise CheckpointError(f"{p / 'params.json'}: field '{key}' must be a number, got {json.dumps(v)}")
     vocab = params.get("vocab_size", -1)
     if vocab is None or vocab <= 0:  # Meta's params.json leaves vocab to the tokenizer
         vocab = merged["tok_embeddings.weight"].shape[0]
@@ -510,10 +546,14 @@ def load(path, dtype=None, device="cpu", tokenizer: bool = True) -> Loaded:
     return Loaded(model=model, tokenizer=tok, config=config, path=Path(path))
 
 
-def convert_main(src, dst, dtype=None, max_shard_size="5GB") -> int:
+def convert_main(src, dst, dtype=None, max_shard_size="5GB", force: bool = False) -> int:
+    from codelm.files import claim_output
+
+    claim_output(dst, "checkpoint", folder=True, force=force, inputs=[src], what="converted checkpoint")
+    _parse_size(max_shard_size)
     loaded = load(src, tokenizer=True)
     save_hf(loaded.model, dst, tokenizer=loaded.tokenizer, dtype=dtype, max_shard_size=max_shard_size)
-    files = sorted(f.name for f in Path(dst).iterdir())
+    files = sorted(f.name for f in Path(dst).iterdir() if not f.name.startswith("."))
     print(f"converted {src} ({detect_layout(src)} layout, {loaded.model.num_params() / 1e6:.1f}M parameters) "
           f"-> {dst} (HF layout): {', '.join(files)}")
     return 0

@@ -35,6 +35,21 @@ class ModelConfig:
                 raise ConfigError(f"model config field '{name}' must be a positive integer, got {v!r}")
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
+        for name in ("n_kv_heads", "ffn_hidden_dim"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+                raise ConfigError(f"model config field '{name}' must be a positive integer, got {v!r}")
+        for name in ("norm_eps", "rope_theta", "ffn_dim_multiplier"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0
+                                  or v == float("inf")):
+                raise ConfigError(f"model config field '{name}' must be a positive number, got {v!r}")
+        for name in ("bos_id", "eos_id", "pad_id"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise ConfigError(f"model config field '{name}' must be a token id (an integer >= 0), got {v!r}")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
+            raise ConfigError(f"model config field 'rope_scaling' must be a table, got {self.rope_scaling!r}")
         if self.dim % self.n_heads:
             raise ConfigError(f"model config: dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:

@@ -72,7 +72,8 @@ class Attention(nn.Module):
             ck, cv = cache.k[self.layer_id], cache.v[self.layer_id]
             ck.index_copy_(2, slot, k)
             cv.index_copy_(2, slot, v)
-            k, v = ck, cv
+            n = mask.shape[-1]  # the slots this step may see: the whole buffer, or those written so far
+            k, v = (ck, cv) if n == ck.shape[2] else (ck[:, :, :n], cv[:, :, :n])
         elif cache is not None:
             start, end = cache.pos, cache.pos + T
             cache.k[self.layer_id, :, :, start:end] = k
@@ -233,7 +234,8 @@ class Transformer(nn.Module):
         """One decoding step with static shapes (so torch.compile traces it once).
 
         tokens [B, 1]; slot [1] the cache index written; positions [B, 1] each row's RoPE position;
-        key_mask [B, 1, 1, max_len] which cache slots each row may attend to (slot included).
+        key_mask [B, 1, 1, n] which of the first n cache slots each row may attend to (slot included; n is
+        the cache's length for static shapes, or just past `slot` to attend over the written slots only).
         """
         cos, sin = self._rope_for(positions, 0, 1)
         if self.alibi:

@@ -42,6 +42,7 @@ from codelm.train.setup import (init_from_config, make_optimizer, model_config_f
 from codelm.train.state import (MetricsLog, list_checkpoints, read_trainer_state, restore_optimizer,
                                 save_checkpoint, save_model_state, set_rng_state)
 from codelm.train.step import autocast_for, evaluate, train_step
+from codelm.files import claim_output, mark_output
 
 
 # ---------------------------------------------------------------------- plan
@@ -156,7 +157,10 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------ the loop
-def train(recipe: Recipe, resume: bool = False, show_progress: bool = True) -> TrainResult:
+def train(recipe: Recipe, resume: bool = False, show_progress: bool = True, force: bool = False) -> TrainResult:
+    """Run a recipe. The run folder must be new, empty, or a codelm run (refused otherwise unless `force`)."""
+    claim_output(recipe.out_dir, "train-run", folder=True, force=force, what="run folder (run.out_dir)",
+                 legacy=lambda p: (p / "recipe.json").exists())
     t = recipe.train
     info = D.init_distributed(t.device)
     try:
@@ -205,6 +209,7 @@ def _start_run(recipe: Recipe, run_dir: Path, resume: bool, show_progress: bool,
     resume_from = checkpoints[-1] if (resume and checkpoints) else None
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        mark_output(run_dir, "train-run")
         (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))
         if resume and resume_from is None and show_progress:
             print(f"train: no checkpoint in {run_dir}; starting from the beginning")
@@ -339,7 +344,7 @@ def _finish(plan: Plan, s: Session, progress: Progress, finished_before: bool, s
 
 
 # ----------------------------------------------------------------------- CLI
-def train_main(recipe_path, resume: bool = False, overrides: list[str] | None = None) -> int:
+def train_main(recipe_path, resume: bool = False, overrides: list[str] | None = None, force: bool = False) -> int:
     recipe = load_recipe(recipe_path, overrides or [])
-    train(recipe, resume=resume)
+    train(recipe, resume=resume, force=force)
     return 0

@@ -92,6 +92,18 @@ def generate_all(backend: Backend, items: list[tuple[Request, int]], cache: Gene
     bar = tqdm(total=sum(len(v) for v in todo.values()), desc=f"generating ({backend.name})", unit="sample",
                disable=not progress)
     started = time.monotonic()
+    if progress and hasattr(backend, "on_step"):
+        # A batch can take minutes on a CPU: show the tokens of the batch in flight, not only finished batches.
+        step_state = {"tokens": 0, "shown": 0.0}
+
+        def on_step(rows_left):
+            step_state["tokens"] += rows_left
+            now = time.monotonic()
+            if now - step_state["shown"] > 0.5:
+                step_state["shown"] = now
+                bar.set_postfix_str(f"batch {stats.batches + 1}: {step_state['tokens']} tokens", refresh=True)
+
+        backend.on_step = on_step
     for indices in todo.values():
         for start in range(0, len(indices), max(1, backend.batch_size)):
             batch = indices[start:start + backend.batch_size]
@@ -111,6 +123,8 @@ def generate_all(backend: Backend, items: list[tuple[Request, int]], cache: Gene
             if on_batch is not None:
                 on_batch(stats.generated)
     bar.close()
+    if progress and hasattr(backend, "on_step"):
+        backend.on_step = None
     stats.seconds = round(time.monotonic() - started, 3)
     return results, stats
 

@@ -11,8 +11,10 @@ Routes:
                                   vLLM documents `suffix` as unsupported, so use this for vLLM.
                --infill llama.cpp llama-server's native POST /infill (input_prefix, input_suffix).
 
-Requests run `concurrency` at a time; connection errors, 408, 429 and 5xx answers are retried
-with exponential backoff (1, 2, 4, ... seconds, `retries` times); other 4xx answers are errors.
+Requests run `concurrency` at a time; connection errors, timeouts, 408, 429 and 500/502/503/504 answers
+are retried with exponential backoff (1, 2, 4, ... seconds, `retries` times), except a 5xx whose body
+says the request itself was invalid (it would fail the same way again); other answers are errors
+at once, and every error quotes what the server answered.
 Stop strings are sent to the server and also applied here, since servers differ in how they honour them.
 Standard library only (urllib), so evaluating a remote model needs no extra package.
 """
@@ -29,7 +31,9 @@ from codelm.generate.backends.base import Completion, Request
 from codelm.generate.stops import cut_at_stop
 
 INFILL_MODES = ("suffix", "tokens", "llama.cpp")
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+# Error types in a 5xx body that mean the request, not the server, is at fault (vLLM, OpenAI, llama.cpp).
+DETERMINISTIC_ERRORS = {"invalid_request_error", "BadRequestError", "invalid_request", "not_supported_error"}
 
 
 class ServerError(CodelmError):
@@ -78,12 +82,13 @@ class OpenAIBackend:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     return json.loads(resp.read().decode("utf-8"))
             except urllib.error.HTTPError as e:
-                detail = _error_message(e)
-                if e.code not in RETRY_STATUS:
-                    raise ServerError(f"{method} {self.root + path}: HTTP {e.code}: {detail}") from None
-                last = f"HTTP {e.code}: {detail}"
+                detail, kind = _error_detail(e)
+                if e.code not in RETRY_STATUS or kind in DETERMINISTIC_ERRORS:
+                    raise ServerError(f"{method} {self.root + path}: the server answered HTTP {e.code}: "
+                                      f"{detail}") from None
+                last = f"the last answer was HTTP {e.code}: {detail}"
             except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError) as e:
-                last = str(getattr(e, "reason", e))
+                last = f"the last try failed: {getattr(e, 'reason', e)}"
         raise ServerError(f"{method} {self.root + path}: failed after {self.retries + 1} tries ({last})")
 
     def _first_model(self) -> str:
@@ -144,10 +149,23 @@ class OpenAIBackend:
             return list(pool.map(self._one, requests))
 
 
-def _error_message(e: urllib.error.HTTPError) -> str:
+def _error_detail(e: urllib.error.HTTPError) -> tuple[str, str | None]:
+    """The server's error message (its JSON error's message, or the start of its page) and error type."""
     try:
-        body = json.loads(e.read().decode("utf-8", errors="replace"))
-        err = body.get("error", body)
-        return err.get("message", str(err)) if isinstance(err, dict) else str(err)
-    except Exception:  # noqa: BLE001 - a non-JSON error page
-        return e.reason if isinstance(e.reason, str) else str(e)
+        raw = e.read().decode("utf-8", errors="replace")
+    except Exception:  # noqa: BLE001 - the connection broke while reading the error
+        raw = ""
+    try:
+        body = json.loads(raw)
+        err = body.get("error", body) if isinstance(body, dict) else body
+        if isinstance(err, dict):
+            return str(err.get("message", err)), err.get("type")
+        return str(err), None
+    except ValueError:  # a non-JSON error page
+        text = " ".join(raw.split())[:300]
+        reason = e.reason if isinstance(e.reason, str) else str(e)
+        return (f"{reason}: {text}" if text else reason), None
+
+
+def _error_message(e: urllib.error.HTTPError) -> str:
+    return _error_detail(e)[0]
