@@ -59,6 +59,11 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
+def typed_text(text: str) -> str:
+    """A text flag as typed: @FILE is kept for the command to read as is; otherwise escapes are read."""
+    return text if text.startswith("@") else unescape(text)
+
+
 def _add_force(p, what="the output"):
     p.add_argument("--force", action="store_true",
                    help=f"replace {what} even when it exists and codelm did not write it (never an input)")
@@ -113,7 +118,7 @@ def _add_sampling_args(p):
     p.add_argument("--top-k", type=NONNEG_INT, default=0,
                    help="sample among the k most likely tokens (default: %(default)s, off)")
     p.add_argument("--seed", type=SEED, default=None, help="random seed for sampling (default: none, random)")
-    p.add_argument("--stop", action="append", default=None,
+    p.add_argument("--stop", action="append", default=None, type=unescape,
                    help=f"stop sequence, output is cut before it (repeatable; {ESCAPES})")
     p.add_argument("--no-stream", action="store_true", help="print the result at the end instead of streaming")
 
@@ -121,7 +126,7 @@ def _add_sampling_args(p):
 def _add_complete(sub):
     p = sub.add_parser("complete", help="continue a prompt")
     _add_sampling_args(p)
-    p.add_argument("prompt", help=f"the prompt text ({ESCAPES}), or @FILE to read it from a file as is")
+    p.add_argument("prompt", type=typed_text, help=f"the prompt text ({ESCAPES}), or @FILE to read it from a file as is")
     p.set_defaults(func=_run_complete)
 
 
@@ -134,8 +139,8 @@ def _run_complete(args):
 def _add_infill(sub):
     p = sub.add_parser("infill", help="fill in the middle between a prefix and a suffix")
     _add_sampling_args(p)
-    p.add_argument("--prefix", default=None, help=f"code before the gap ({ESCAPES}; @FILE reads a file as is)")
-    p.add_argument("--suffix", default=None, help=f"code after the gap ({ESCAPES}; @FILE reads a file as is)")
+    p.add_argument("--prefix", default=None, type=typed_text, help=f"code before the gap ({ESCAPES}; @FILE reads a file as is)")
+    p.add_argument("--suffix", default=None, type=typed_text, help=f"code after the gap ({ESCAPES}; @FILE reads a file as is)")
     p.add_argument("--file", default=None, help="a file with one <FILL> marker: text before is the prefix, after the suffix")
     p.add_argument("--spm", action="store_true", help="suffix-prefix-middle layout instead of PSM")
     p.set_defaults(func=_run_infill)

@@ -20,23 +20,19 @@ def _load(path):
 
 
 def _read_arg(text: str) -> str:
-    """@FILE: the file as is; otherwise the text with the escapes people type (\\n, \\t) read."""
-    from codelm.cli import unescape
-
+    """@FILE: the file as is; otherwise the text (its escapes were read by the command line's parser)."""
     if text.startswith("@"):
         p = Path(text[1:])
         try:
             return p.read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise CodelmError(f"{p}: cannot read prompt file ({getattr(e, 'strerror', None) or e})") from None
-    return unescape(text)
+    return text
 
 
 def _kw(args, max_new_tokens: int) -> dict:
-    from codelm.cli import unescape
-
     return dict(max_new_tokens=max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                top_k=args.top_k, seed=args.seed, stop=[unescape(s) for s in args.stop or []])
+                top_k=args.top_k, seed=args.seed, stop=list(args.stop or []))
 
 
 def fit_context(prompt_tokens: int, max_new_tokens: int, context: int, flag: str = "--max-new-tokens") -> int:
