@@ -25,6 +25,7 @@ from helpers import make_tiny_bpe, tiny_llama
 
 from codelm.cli import main, unescape
 from codelm.model.checkpoint import save_hf, save_meta
+from codelm.train.recipe import find_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -168,7 +169,7 @@ def test_the_readme_builds_the_corpus_that_recipes_demo_reads_before_training_on
     train = examples.index("codelm train recipes/demo.toml")
     corpus = [e for e in examples[:train] if e.startswith("codelm corpus ")][-1]
     words = shlex.split(corpus, comments=True)
-    recipe = tomllib.loads((ROOT / "recipes" / "demo.toml").read_text())
+    recipe = tomllib.loads(find_recipe("recipes/demo.toml").read_text())
     assert words[words.index("--out") + 1] in [s["path"] for s in recipe["data"]["sources"]]
 
 
@@ -218,8 +219,8 @@ def test_readme_serve_example_names_the_model_the_client_asks_for(tmp_path):
     import time
     import urllib.request
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    serve = next(e for _, e in readme_examples() if e.startswith("codelm serve --model path/to/checkpoint"))
+    doc, serve = next((d, e) for d, e in readme_examples() if e.startswith("codelm serve --model path/to/checkpoint"))
+    readme = (ROOT / doc).read_text(encoding="utf-8")  # the page that shows the command and its client
     asked = set(re.findall(r'client\.completions\.create\(model="([^"]+)"', readme))
     assert len(asked) == 1, asked
     tok = make_tiny_bpe()
