@@ -259,52 +259,49 @@ def _run_serve(args):
 
 
 # --------------------------------------------------------------------- eval
+def _add_config_flags(p, cls) -> None:
+    """One flag per field of a config dataclass (see codelm/evaluate/eval_config.py): required fields
+    without a default become required flags, booleans switches, `kind` the value's check."""
+    import dataclasses
+
+    kinds = {"positive_int": POSITIVE_INT, "nonneg_float": NONNEG_FLOAT, "positive_float": POSITIVE_FLOAT,
+             "probability": PROBABILITY, "seed": SEED}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        name = "--" + f.name.replace("_", "-")
+        if f.default is dataclasses.MISSING:
+            p.add_argument(name, required=True, help=meta.get("help"))
+        elif f.default is False:
+            p.add_argument(name, action="store_true", help=meta.get("help"))
+        else:
+            p.add_argument(name, default=f.default, type=kinds.get(meta.get("kind")), choices=meta.get("choices"),
+                           help=meta.get("help"))
+
+
+def _config_from(args, cls, **settings):
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
+    return cls(**{name: getattr(args, name) for name in names}, **settings)
+
+
 def _add_eval(sub):
+    from codelm.evaluate.eval_config import EvalConfig
+
     p = sub.add_parser("eval", help="generate, score and report a benchmark under the paper's protocol")
-    p.add_argument("--benchmark", required=True,
-                   help="humaneval, humaneval+, mbpp, mbpp+, humaneval-infilling-single-line[-spm], ..., "
-                        "multipl-e-LANG, gsm8k, gsm8k-pal, mbpp-instruct, apps[-introductory|-interview|-competition], "
-                        "ds1000, lcc-{python,java,csharp}[-4k]")
-    p.add_argument("--model", required=True, help="checkpoint directory (native, hf) or server URL (openai)")
-    p.add_argument("--backend", default="native", choices=["native", "hf", "openai"],
-                   help="how to generate (default: %(default)s)")
-    p.add_argument("--n", type=POSITIVE_INT, default=1,
-                   help="samples per task (200 for the paper's pass@10/100; default: %(default)s)")
-    p.add_argument("--temperature", type=NONNEG_FLOAT, default=None, help="default: 0 (greedy) if n=1, else the protocol's (0.8; APPS 0.6)")
-    p.add_argument("--top-p", type=PROBABILITY, default=None, help="default: 0.95 when sampling")
-    p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=None,
-                   help="default: the benchmark protocol's (cut to the model's context with a warning)")
-    p.add_argument("--limit", type=POSITIVE_INT, default=None, help="only the first K tasks (default: all)")
-    p.add_argument("--out", default=None, help="run folder (default: eval-runs/BENCHMARK)")
-    _add_force(p, "--out")
-    p.add_argument("--resume", action="store_true", help="continue a killed run in --out without regenerating")
-    p.add_argument("--seed", type=SEED, default=0, help="sampling seed (default: %(default)s)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=None,
-                   help="generations per batch (native, hf) or per round (openai)")
-    p.add_argument("--data-dir", default=None, help="benchmark data folder (default: $CODELM_DATA_DIR)")
-    p.add_argument("--workers", type=POSITIVE_INT, default=None, help="sandbox workers (default: CPU count)")
-    p.add_argument("--sandbox", default="auto", choices=["auto", "none", "rlimits", "namespaces"],
-                   help="isolation of the executed code (default: auto, the strongest available)")
-    p.add_argument("--timeout", type=POSITIVE_FLOAT, default=None, help="floor of the per-task time limit in seconds")
-    p.add_argument("--chat", action="store_true", help="openai backend: use /v1/chat/completions (instruct models)")
-    p.add_argument("--infill", default="suffix", choices=["suffix", "tokens", "llama.cpp"],
-                   help="openai backend: how infilling prompts are sent (tokens: for vLLM, needs --tokenizer; "
-                        "default: %(default)s)")
-    p.add_argument("--tokenizer", default=None, help="openai backend: the model's tokenizer folder (--infill tokens)")
-    p.add_argument("--served-model", default=None, help="openai backend: model name (default: the server's first)")
-    p.add_argument("--api-key", default=None, help="openai backend (default: $OPENAI_API_KEY)")
-    p.add_argument("--concurrency", type=POSITIVE_INT, default=8,
-                   help="openai backend: requests in flight (default: %(default)s)")
-    p.add_argument("--device", default=None, help="native/hf backends: cpu, cuda, cuda:1 (default: cuda if present)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="native/hf backends (default: bfloat16 on a GPU, float32 on a CPU)")
+    _add_config_flags(p, EvalConfig)
     p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args):
-    from codelm.evaluate.eval import eval_main
+    from codelm.evaluate.eval import run_eval, summary_line
+    from codelm.evaluate.eval_config import EvalConfig
 
-    return eval_main(args)
+    cfg = _config_from(args, EvalConfig, progress=sys.stderr.isatty())
+    print(summary_line(cfg, run_eval(cfg)))
+    return 0
 
 
 # ------------------------------------------------------------------- report

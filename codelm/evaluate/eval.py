@@ -18,47 +18,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from codelm.errors import CodelmError, ConfigError
 from codelm.files import write_json
+from codelm.evaluate.eval_config import EvalConfig
 from codelm.evaluate.protocols import extract_code, get_protocol
 from codelm.generate.backends import GenerationCache, Request, generate_all, make_backend
 
 RUN_VERSION = 1
-
-
-@dataclass
-class EvalConfig:
-    benchmark: str
-    model: str
-    backend: str = "native"
-    n: int = 1
-    temperature: float | None = None  # default: 0 (greedy) for n = 1, 0.8 for n > 1
-    top_p: float | None = None  # default: 0.95 when sampling
-    max_new_tokens: int | None = None  # default: the protocol's
-    limit: int | None = None  # first K tasks only
-    out: str | None = None
-    resume: bool = False
-    seed: int = 0
-    batch_size: int | None = None
-    data_dir: str | None = None
-    workers: int | None = None
-    sandbox: str = "auto"
-    timeout: float | None = None
-    chat: bool = False  # openai backend: ask through /v1/chat/completions (instruct models)
-    infill: str = "suffix"  # openai backend: suffix, tokens or llama.cpp
-    tokenizer: str | None = None  # openai backend, --infill tokens
-    served_model: str | None = None  # openai backend: the model name on the server
-    api_key: str | None = None
-    concurrency: int = 8
-    device: str | None = None  # native, hf: default cuda if available, else cpu
-    dtype: str | None = None  # native, hf: default bfloat16 on a GPU, float32 on a CPU
-    progress: bool = True
-    force: bool = False  # write into an --out folder codelm did not make
 
 
 def decoding(cfg: EvalConfig, protocol) -> dict:
@@ -213,18 +182,9 @@ def run_eval(cfg: EvalConfig, backend=None) -> dict:
     return summary
 
 
-def eval_main(args) -> int:
-    """Entry point of `codelm eval` (flags in codelm/cli.py)."""
-    cfg = EvalConfig(
-        benchmark=args.benchmark, model=args.model, backend=args.backend, n=args.n, temperature=args.temperature,
-        top_p=args.top_p, max_new_tokens=args.max_new_tokens, limit=args.limit, out=args.out, resume=args.resume,
-        seed=args.seed, batch_size=args.batch_size, data_dir=args.data_dir, workers=args.workers,
-        sandbox=args.sandbox, timeout=args.timeout, chat=args.chat, infill=args.infill, tokenizer=args.tokenizer,
-        served_model=args.served_model, api_key=args.api_key, concurrency=args.concurrency, device=args.device,
-        dtype=args.dtype, progress=sys.stderr.isatty(), force=getattr(args, "force", False))
-    summary = run_eval(cfg)
+def summary_line(cfg: EvalConfig, summary: dict) -> str:
+    """What `codelm eval` prints at the end: the scores and where the report is."""
     out = Path(cfg.out or os.path.join("eval-runs", get_protocol(cfg.benchmark).name))
     scores = ", ".join(f"{k} {100 * v:.1f}" for k, v in summary.items() if k.startswith("pass@"))
-    print(f"{summary['benchmark']}: {scores} ({summary['passed']}/{summary['samples']} samples passed); "
-          f"report: {out / 'report.md'}")
-    return 0
+    return (f"{summary['benchmark']}: {scores} ({summary['passed']}/{summary['samples']} samples passed); "
+            f"report: {out / 'report.md'}")
