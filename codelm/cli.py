@@ -64,6 +64,11 @@ def typed_text(text: str) -> str:
     return text if text.startswith("@") else unescape(text)
 
 
+def _settings(args, *leave_out) -> dict:
+    """The parsed flags as the library function's keyword arguments (the parser's own entries left out)."""
+    return {k: v for k, v in vars(args).items() if k not in ("command", "func", "experiment", *leave_out)}
+
+
 def _add_force(p, what="the output"):
     p.add_argument("--force", action="store_true",
                    help=f"replace {what} even when it exists and codelm did not write it (never an input)")
@@ -316,7 +321,8 @@ def _add_report(sub):
 def _run_report(args):
     from codelm.evaluate.report import report_main
 
-    return report_main(args)
+    print(report_main(args.run_dir, compare=args.compare, paper_model=args.paper_model))
+    return 0
 
 
 # ------------------------------------------------------------------- export

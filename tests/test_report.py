@@ -1,10 +1,10 @@
 """Reports: JSON + Markdown + PNG per run, suites with per-language bars, comparisons with a run or the paper."""
-import argparse
 import json
 import struct
 
 import pytest
 
+from codelm.cli import main
 from codelm.errors import CodelmError
 from codelm.evaluate import report
 from codelm.evaluate.benchmarks import load_problems, multipl_e
@@ -100,17 +100,14 @@ def test_suite_report_and_language_bars(runs):
 
 
 def test_compare_with_paper_and_other_run(runs, capsys):
-    ns = argparse.Namespace(run_dir=str(runs / "sampled"), compare="paper", paper_model="Code Llama 7B")
-    assert report.report_main(ns) == 0
+    assert main(["report", str(runs / "sampled"), "--compare", "paper", "--paper-model", "Code Llama 7B"]) == 0
     out = capsys.readouterr().out
     assert "| humaneval | pass@1 | 45.0 | 33.5 | +11.5 |" in out and "| humaneval | pass@10 | 100.0 | 59.6 | +40.4 |" in out
-    ns = argparse.Namespace(run_dir=str(runs / "sampled"), compare=str(runs / "suite" / "greedy"),
-                            paper_model="Code Llama 7B")
-    report.report_main(ns)
+    print(report.report_main(str(runs / "sampled"), compare=str(runs / "suite" / "greedy"), paper_model="Code Llama 7B"))
     out = capsys.readouterr().out
     assert "| humaneval | pass@1 | 45.0 | 100.0 | -55.0 |" in out and "| humaneval | pass@10 | 100.0 | – | – |" in out
     with pytest.raises(CodelmError, match="paper-model"):
-        report.report_main(argparse.Namespace(run_dir=str(runs / "sampled"), compare="paper", paper_model="GPT-9"))
+        report.report_main(str(runs / "sampled"), compare="paper", paper_model="GPT-9")
 
 
 def test_paper_numbers_from_the_reference_doc():

@@ -247,23 +247,22 @@ def compare_table(mine: dict, other: dict, mine_name: str, other_name: str, othe
     return "\n".join(lines)
 
 
-def report_main(args) -> int:
-    """Entry point of `codelm report RUN_DIR [--compare OTHER | paper] [--paper-model NAME]`."""
-    folders = run_folders(args.run_dir)
+def report_main(run_dir, *, compare: str | None = None, paper_model: str = "Code Llama 7B") -> str:
+    """`codelm report RUN_DIR [--compare OTHER | paper] [--paper-model NAME]`: rebuilds the reports of the run
+    folder(s) and returns the comparison table (the command line prints it)."""
+    folders = run_folders(run_dir)
     for folder in folders:
         write_report(folder)
     if len(folders) > 1:
-        write_suite(args.run_dir)
-    mine = scores_of(args.run_dir)
-    if args.compare is None:
-        print(compare_table(mine, {}, "this run", "–"))
-    elif args.compare == "paper":
+        write_suite(run_dir)
+    mine = scores_of(run_dir)
+    if compare is None:
+        return compare_table(mine, {}, "this run", "–")
+    if compare == "paper":
         table = paper_numbers()
-        if args.paper_model not in table:
-            raise CodelmError(f"--paper-model {args.paper_model!r} is not in the paper's tables; valid: "
+        if paper_model not in table:
+            raise CodelmError(f"--paper-model {paper_model!r} is not in the paper's tables; valid: "
                               + ", ".join(table))
-        print(compare_table(mine, table[args.paper_model], "this run", f"paper: {args.paper_model}",
-                            other_in_percent=True))
-    else:
-        print(compare_table(mine, scores_of(args.compare), "this run", str(args.compare)))
-    return 0
+        return compare_table(mine, table[paper_model], "this run", f"paper: {paper_model}",
+                             other_in_percent=True)
+    return compare_table(mine, scores_of(compare), "this run", str(compare))
