@@ -128,6 +128,12 @@ def _add_sampling_args(p):
     p.add_argument("--no-stream", action="store_true", help="print the result at the end instead of streaming")
 
 
+def _sampling(args) -> dict:
+    """The flags of _add_sampling_args as complete_main's and infill_main's keyword arguments."""
+    return dict(model=args.model, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                top_k=args.top_k, seed=args.seed, stop=args.stop, stream=not args.no_stream)
+
+
 def _add_complete(sub):
     p = sub.add_parser("complete", help="continue a prompt")
     _add_sampling_args(p)
@@ -138,7 +144,7 @@ def _add_complete(sub):
 def _run_complete(args):
     from codelm.generate.cli import complete_main
 
-    return complete_main(args)
+    return complete_main(args.prompt, **_sampling(args))
 
 
 def _add_infill(sub):
@@ -154,7 +160,7 @@ def _add_infill(sub):
 def _run_infill(args):
     from codelm.generate.cli import infill_main
 
-    return infill_main(args)
+    return infill_main(prefix=args.prefix, suffix=args.suffix, file=args.file, spm=args.spm, **_sampling(args))
 
 
 # -------------------------------------------------------------------- score

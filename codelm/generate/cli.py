@@ -30,9 +30,9 @@ def _read_arg(text: str) -> str:
     return text
 
 
-def _kw(args, max_new_tokens: int) -> dict:
-    return dict(max_new_tokens=max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                top_k=args.top_k, seed=args.seed, stop=list(args.stop or []))
+def _kw(max_new_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None, stop) -> dict:
+    return dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                top_k=top_k, seed=seed, stop=list(stop or []))
 
 
 def fit_context(prompt_tokens: int, max_new_tokens: int, context: int, flag: str = "--max-new-tokens") -> int:
@@ -56,48 +56,57 @@ def _stream(row, text):
     sys.stdout.flush()
 
 
-def complete_main(args) -> int:
+def complete_main(prompt: str, *, model: str, max_new_tokens: int = 128, temperature: float = 0.0,
+                  top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: list[str] | None = None,
+                  stream: bool = True) -> int:
+    """`codelm complete`: `prompt` is the text, or @FILE for a file's text as is; the generation streams to
+    stdout (or is written at the end without `stream`)."""
     from codelm.generate import complete_batch, completion_tokens
 
-    prompt = _read_arg(args.prompt)
-    loaded = _load(args.model)
-    max_new = fit_context(len(completion_tokens(loaded.tokenizer, prompt)), args.max_new_tokens,
+    prompt = _read_arg(prompt)
+    loaded = _load(model)
+    max_new = fit_context(len(completion_tokens(loaded.tokenizer, prompt)), max_new_tokens,
                           loaded.config.max_seq_len)
-    on_text = None if args.no_stream else _stream
+    on_text = _stream if stream else None
     if on_text:
         sys.stdout.write(prompt)
-    g = complete_batch(loaded.model, loaded.tokenizer, [prompt], on_text=on_text, **_kw(args, max_new))[0]
-    if args.no_stream:
+    g = complete_batch(loaded.model, loaded.tokenizer, [prompt], on_text=on_text,
+                       **_kw(max_new, temperature, top_p, top_k, seed, stop))[0]
+    if not stream:
         sys.stdout.write(prompt + g.text)
     sys.stdout.write("\n")
     print(f"[{len(g.tokens)} tokens, finish: {g.finish_reason}]", file=sys.stderr)
     return 0
 
 
-def infill_main(args) -> int:
+def infill_main(*, model: str, prefix: str | None = None, suffix: str | None = None, file: str | None = None,
+                spm: bool = False, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+                top_k: int = 0, seed: int | None = None, stop: list[str] | None = None, stream: bool = True) -> int:
+    """`codelm infill`: the middle between `prefix` and `suffix` (each text or @FILE), or around the <FILL>
+    marker of `file`; streams to stdout (or writes at the end without `stream`)."""
     from codelm.generate import infill_batch, infilling_tokens, split_fill
 
-    if args.file is not None:
-        if args.prefix is not None or args.suffix is not None:
+    if file is not None:
+        if prefix is not None or suffix is not None:
             raise CodelmError("give either --file or --prefix/--suffix, not both")
         try:
-            text = Path(args.file).read_text()
+            text = Path(file).read_text()
         except OSError as e:
-            raise CodelmError(f"{args.file}: cannot read ({e.strerror})") from None
-        prefix, suffix = split_fill(text, source=args.file)
+            raise CodelmError(f"{file}: cannot read ({e.strerror})") from None
+        prefix, suffix = split_fill(text, source=file)
     else:
-        if args.prefix is None and args.suffix is None:
+        if prefix is None and suffix is None:
             raise CodelmError("give --prefix and/or --suffix, or --file with a <FILL> marker")
-        prefix, suffix = _read_arg(args.prefix or ""), _read_arg(args.suffix or "")
-    loaded = _load(args.model)
-    max_new = fit_context(len(infilling_tokens(loaded.tokenizer, prefix, suffix, spm=args.spm)), args.max_new_tokens,
+        prefix, suffix = _read_arg(prefix or ""), _read_arg(suffix or "")
+    loaded = _load(model)
+    max_new = fit_context(len(infilling_tokens(loaded.tokenizer, prefix, suffix, spm=spm)), max_new_tokens,
                           loaded.config.max_seq_len)
-    on_text = None if args.no_stream else _stream
+    on_text = _stream if stream else None
     if on_text:
         sys.stdout.write(prefix)
-    g = infill_batch(loaded.model, loaded.tokenizer, [(prefix, suffix)], spm=args.spm, on_text=on_text,
-                     **_kw(args, max_new))[0]
-    if args.no_stream:
+    g = infill_batch(loaded.model, loaded.tokenizer, [(prefix, suffix)], spm=spm, on_text=on_text,
+                     **_kw(max_new, temperature, top_p, top_k, seed, stop))[0]
+    if not stream:
         sys.stdout.write(prefix + g.text)
     sys.stdout.write(suffix if suffix.endswith("\n") else suffix + "\n")
     print(f"[middle: {len(g.tokens)} tokens, finish: {g.finish_reason}]", file=sys.stderr)
