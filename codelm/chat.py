@@ -200,27 +200,31 @@ def chat_loop(engine, settings: ChatSettings, system: str | None = None, stdin: 
     return history
 
 
-def chat_main(args) -> int:
-    """Entry point of `codelm chat` (flags in codelm/cli.py)."""
+def chat_main(*, model: str | None = None, url: str | None = None, served_model: str | None = None,
+              api_key: str | None = None, system: str | None = None, max_new_tokens: int = 512,
+              temperature: float = 0.2, top_p: float = 0.95, seed: int | None = None, stream: bool = True,
+              device: str | None = None, dtype: str | None = None) -> int:
+    """Entry point of `codelm chat` (flags in codelm/cli.py): exactly one of `model` (a checkpoint run here)
+    and `url` (an OpenAI-compatible server)."""
     import os
 
-    if (args.model is None) == (args.url is None):
+    if (model is None) == (url is None):
         raise CodelmError("give exactly one of --model DIR (run here) and --url URL (an OpenAI-compatible server)")
-    if args.model is not None:
+    if model is not None:
         from codelm.errors import TokenizerError
         from codelm.generate.backends import default_device
         from codelm.model.checkpoint import load
 
-        device, dtype = default_device(args.device, args.dtype)
-        loaded = load(args.model, dtype=dtype, device=device)
+        device, dtype = default_device(device, dtype)
+        loaded = load(model, dtype=dtype, device=device)
         if loaded.tokenizer is None:
-            raise TokenizerError(f"{args.model}: no tokenizer.json or tokenizer.model beside the checkpoint")
+            raise TokenizerError(f"{model}: no tokenizer.json or tokenizer.model beside the checkpoint")
         engine = LocalModel(loaded.model, loaded.tokenizer)
     else:
-        engine = ServerModel(args.url, args.served_model, args.api_key or os.environ.get("OPENAI_API_KEY"))
-    settings = ChatSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                            seed=args.seed)
-    if args.model is not None:
+        engine = ServerModel(url, served_model, api_key or os.environ.get("OPENAI_API_KEY"))
+    settings = ChatSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            seed=seed)
+    if model is not None:
         context = loaded.config.max_seq_len
         if settings.max_new_tokens > context // 2:
             # The same rule as complete/infill: cut to what the context allows, with a warning (here half
@@ -232,5 +236,5 @@ def chat_main(args) -> int:
             settings.max_new_tokens = context // 2
     if sys.stdin.isatty():
         print("codelm chat: /system TEXT, /reset, /history, /exit (a line ending in \\ continues)", file=sys.stderr)
-    chat_loop(engine, settings, system=args.system, stream=not args.no_stream)
+    chat_loop(engine, settings, system=system, stream=stream)
     return 0

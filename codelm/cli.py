@@ -266,7 +266,7 @@ def _add_serve(sub):
 def _run_serve(args):
     from codelm.serve import serve_main
 
-    return serve_main(args)
+    return serve_main(**_settings(args))
 
 
 # --------------------------------------------------------------------- eval
@@ -467,7 +467,7 @@ def _add_chat(sub):
 def _run_chat(args):
     from codelm.chat import chat_main
 
-    return chat_main(args)
+    return chat_main(stream=not args.no_stream, **_settings(args, "no_stream"))
 
 
 COMMANDS = [_add_info, _add_convert, _add_complete, _add_infill, _add_score, _add_train, _add_corpus, _add_demo, _add_serve, _add_eval, _add_report, _add_export, _add_lab, _add_selfinstruct, _add_chat]

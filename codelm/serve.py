@@ -475,8 +475,10 @@ def start_server(model, tokenizer, name: str, host: str = "127.0.0.1", port: int
     return server, thread
 
 
-def serve_main(args) -> int:
-    """Entry point of `codelm serve`."""
+def serve_main(*, model: str, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
+               max_body_bytes: int = 1 << 20, threads: int | None = None, quiet: bool = False,
+               device: str | None = None, dtype: str | None = None) -> int:
+    """Entry point of `codelm serve` (flags in codelm/cli.py): serves until interrupted."""
     import torch
 
     from codelm.errors import TokenizerError
@@ -484,16 +486,16 @@ def serve_main(args) -> int:
 
     from codelm.generate.backends import default_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device, dtype = default_device(args.device, args.dtype)
-    loaded = load(args.model, dtype=dtype, device=device)
+    if threads:
+        torch.set_num_threads(threads)
+    device, dtype = default_device(device, dtype)
+    loaded = load(model, dtype=dtype, device=device)
     if loaded.tokenizer is None:
-        raise TokenizerError(f"{args.model}: no tokenizer.json or tokenizer.model beside the checkpoint")
-    name = args.name or Path(args.model).resolve().name
-    limits = ServeLimits(max_body_bytes=args.max_body_bytes)
-    server = CodelmHTTPServer((args.host, args.port), ModelService(loaded.model, loaded.tokenizer, name, limits),
-                              quiet=args.quiet)
+        raise TokenizerError(f"{model}: no tokenizer.json or tokenizer.model beside the checkpoint")
+    name = name or Path(model).resolve().name
+    limits = ServeLimits(max_body_bytes=max_body_bytes)
+    server = CodelmHTTPServer((host, port), ModelService(loaded.model, loaded.tokenizer, name, limits),
+                              quiet=quiet)
     host, port = server.server_address[:2]
     print(f"codelm serve: model '{name}' at http://{host}:{port}/v1 (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
