@@ -348,7 +348,12 @@ def _add_export(sub):
 def _run_export(args):
     from codelm.export import export_main
 
-    return export_main(args)
+    out = export_main(**_settings(args))
+    if args.format == "hf":
+        print(f"exported {args.model} -> {args.out} (Hugging Face layout: vllm serve {args.out})")
+    else:
+        print(f"exported {args.model} -> {args.out} (GGUF, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
 
 
 # ---------------------------------------------------------------------- lab

@@ -149,36 +149,33 @@ def export_gguf(model, tokenizer, path, name: str = "codelm", dtype: str = "floa
     return path
 
 
-def export_main(args) -> int:
-    """Entry point of `codelm export --format gguf|hf MODEL OUT`."""
+def export_main(model: str, out: str, *, format: str, dtype: str | None = None, name: str | None = None,
+                force: bool = False) -> Path:
+    """Entry point of `codelm export --format gguf|hf MODEL OUT`: returns OUT (the command line prints it)."""
     from codelm.model.checkpoint import load, save_hf
 
     from codelm.files import claim_output, mark_output
 
-    if args.format not in FORMATS:
+    if format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
-    force = getattr(args, "force", False)
-    if args.format == "hf":
-        claim_output(args.out, "checkpoint", folder=True, force=force, inputs=[args.model], what="exported checkpoint")
+    if format == "hf":
+        claim_output(out, "checkpoint", folder=True, force=force, inputs=[model], what="exported checkpoint")
     else:
-        if Path(args.out).is_dir():
-            raise CodelmError(f"{args.out} is a folder; give the GGUF file's path")
-        claim_output(args.out, "gguf", folder=False, force=force, inputs=[args.model], what="GGUF file")
-        if args.dtype not in (None, "float32", "float16"):
-            raise ConfigError(f"--dtype for GGUF must be float32 or float16, got {args.dtype}")
-    loaded = load(args.model)
-    if args.format == "hf":
-        save_hf(loaded.model, args.out, tokenizer=loaded.tokenizer, dtype=args.dtype)
-        print(f"exported {args.model} -> {args.out} (Hugging Face layout: vllm serve {args.out})")
-        return 0
+        if Path(out).is_dir():
+            raise CodelmError(f"{out} is a folder; give the GGUF file's path")
+        claim_output(out, "gguf", folder=False, force=force, inputs=[model], what="GGUF file")
+        if dtype not in (None, "float32", "float16"):
+            raise ConfigError(f"--dtype for GGUF must be float32 or float16, got {dtype}")
+    loaded = load(model)
+    if format == "hf":
+        save_hf(loaded.model, out, tokenizer=loaded.tokenizer, dtype=dtype)
+        return Path(out)
     if loaded.tokenizer is None:
-        print(f"codelm export: warning: {args.model} has no tokenizer; the GGUF file will not run in llama.cpp",
+        print(f"codelm export: warning: {model} has no tokenizer; the GGUF file will not run in llama.cpp",
               file=sys.stderr)
-    if Path(args.out).is_dir():
-        raise CodelmError(f"{args.out} is a folder; give the GGUF file's path")
-    export_gguf(loaded.model, loaded.tokenizer, args.out, name=args.name or Path(args.model).resolve().name,
-                dtype=args.dtype or "float32")
-    mark_output(args.out, "gguf")
-    size = Path(args.out).stat().st_size
-    print(f"exported {args.model} -> {args.out} (GGUF, {size / 1e6:.1f} MB)")
-    return 0
+    if Path(out).is_dir():
+        raise CodelmError(f"{out} is a folder; give the GGUF file's path")
+    export_gguf(loaded.model, loaded.tokenizer, out, name=name or Path(model).resolve().name,
+                dtype=dtype or "float32")
+    mark_output(out, "gguf")
+    return Path(out)
