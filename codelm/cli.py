@@ -241,7 +241,7 @@ def _add_demo(sub):
 def _run_demo(args):
     from codelm.demo import demo_main
 
-    return demo_main(args)
+    return demo_main(out=args.out, quick=args.quick, force=args.force)
 
 
 # -------------------------------------------------------------------- serve

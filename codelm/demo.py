@@ -234,10 +234,11 @@ def _fence(text: str) -> str:
     return "```python\n" + text.replace("```", "` ` `") + ("" if text.endswith("\n") else "\n") + "```"
 
 
-def demo_main(args) -> int:
-    out = Path(args.out)
-    quick = bool(getattr(args, "quick", False))
-    claim_output(out, "demo", folder=True, force=getattr(args, "force", False), what="demo folder",
+def demo_main(*, out: str | Path = "demo-out", quick: bool = False, force: bool = False) -> int:
+    """Entry point of `codelm demo` (flags in codelm/cli.py): the whole pipeline into `out`, resumed when it exists."""
+    out = Path(out)
+    quick = bool(quick)
+    claim_output(out, "demo", folder=True, force=force, what="demo folder",
                  legacy=lambda p: (p / "runs").is_dir() or (p / "summary.json").exists())
     out.mkdir(parents=True, exist_ok=True)
     mark_output(out, "demo")
