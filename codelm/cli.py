@@ -224,9 +224,18 @@ def _add_corpus(sub):
 
 
 def _run_corpus(args):
-    from codelm.data.corpus import corpus_main
+    from codelm.data.corpus import corpus_lines, corpus_main
 
-    return corpus_main(args)
+    report = corpus_main(**_settings(args))
+    summary, where = corpus_lines(report, args.out)
+    print(summary)
+    if report.decontamination.get("missing"):
+        from codelm.errors import warn
+
+        names = ", ".join(m.split(" (", 1)[0] for m in report.decontamination["missing"])
+        warn(f"not decontaminated against {names} (data not found; see the report; set CODELM_DATA_DIR or --data-dir)")
+    print(where)
+    return 0
 
 
 # --------------------------------------------------------------------- demo

@@ -517,27 +517,31 @@ def corpus_texts(path: str | Path, split: str = "train") -> Iterable[str]:
 
 
 # ---------------------------------------------------------------------- CLI
-def corpus_main(args) -> int:
-    opts = CorpusOptions(valid_fraction=args.valid_fraction, seed=args.seed)
-    if getattr(args, "languages", None):
-        opts.languages = [x.strip() for x in args.languages.split(",") if x.strip()]
-    if getattr(args, "exclude", None):
-        opts.exclude = list(args.exclude)
-    if getattr(args, "max_file_bytes", None):
-        opts.max_bytes = args.max_file_bytes
+def corpus_main(out: str | Path, *, source: list[str] | None = None, data_dir: str | None = None,
+                valid_fraction: float = 0.02, seed: int = 0, languages: str | None = None,
+                exclude: list[str] | None = None, max_file_bytes: int | None = None, force: bool = False) -> CorpusReport:
+    """Entry point of `codelm corpus` (flags in codelm/cli.py): builds the corpus in `out` and returns its report
+    (the command line prints it). `source` defaults to the Python standard library, `languages` is
+    comma-separated."""
+    opts = CorpusOptions(valid_fraction=valid_fraction, seed=seed)
+    if languages:
+        opts.languages = [x.strip() for x in languages.split(",") if x.strip()]
+    if exclude:
+        opts.exclude = list(exclude)
+    if max_file_bytes:
+        opts.max_bytes = max_file_bytes
     from codelm.files import claim_output, mark_output
 
-    claim_output(args.out, "corpus", folder=True, force=getattr(args, "force", False), what="corpus folder",
+    claim_output(out, "corpus", folder=True, force=force, what="corpus folder",
                  legacy=lambda p: (p / ".work").is_dir() or (p / "report.json").exists())
-    r = build_corpus(args.out, sources=args.source, data_dir=args.data_dir, opts=opts)
-    mark_output(args.out, "corpus")
-    print(f"corpus: {r.files_kept} files ({_mb(r.bytes_kept)}) kept of {r.files_seen}: "
-          f"{r.train_files} train, {r.valid_files} valid; {r.exact_duplicates} exact and "
-          f"{r.near_duplicates} near duplicates, {len(r.contaminated)} contaminated removed")
-    if r.decontamination.get("missing"):
-        names = ", ".join(m.split(" (", 1)[0] for m in r.decontamination["missing"])
-        from codelm.errors import warn
+    r = build_corpus(out, sources=source, data_dir=data_dir, opts=opts)
+    mark_output(out, "corpus")
+    return r
 
-        warn(f"not decontaminated against {names} (data not found; see the report; set CODELM_DATA_DIR or --data-dir)")
-    print(f"corpus: report in {Path(args.out) / 'report.md'}")
-    return 0
+
+def corpus_lines(r: CorpusReport, out: str | Path) -> list[str]:
+    """What `codelm corpus` prints about a finished corpus (stdout lines; the missing data is warned of)."""
+    return [f"corpus: {r.files_kept} files ({_mb(r.bytes_kept)}) kept of {r.files_seen}: "
+            f"{r.train_files} train, {r.valid_files} valid; {r.exact_duplicates} exact and "
+            f"{r.near_duplicates} near duplicates, {len(r.contaminated)} contaminated removed",
+            f"corpus: report in {Path(out) / 'report.md'}"]
