@@ -453,9 +453,18 @@ def _add_selfinstruct(sub):
 
 
 def _run_selfinstruct(args):
+    from pathlib import Path
+
     from codelm.selfinstruct import selfinstruct_main
 
-    return selfinstruct_main(args)
+    summary = selfinstruct_main(**_settings(args))
+    y = summary["yield"]
+    q = summary["questions"]
+    print(f"selfinstruct: {q['generated']} questions generated, {q['duplicates']} duplicates dropped, "
+          f"{y['questions']} used; {y['with_tests']} with tests ({summary['tests']['tests_parsed']} tests parsed); "
+          f"{summary['solutions']['generated']} solutions, {summary['execution']['solutions_run']} run; "
+          f"{y['kept']} kept -> {Path(args.out) / 'selfinstruct.jsonl'}, {Path(args.out) / 'dialogs.jsonl'}")
+    return 0
 
 
 # --------------------------------------------------------------------- chat

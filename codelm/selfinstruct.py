@@ -465,31 +465,40 @@ def run_selfinstruct(cfg: SelfInstructConfig, backends: dict | None = None) -> d
     return summary
 
 
-def selfinstruct_main(args) -> int:
-    """Entry point of `codelm selfinstruct` (flags in codelm/cli.py)."""
+def selfinstruct_main(*, out: str, model: str | None = None, backend: str = "native", served_model: str | None = None,
+                      questions_model: str | None = None, questions_backend: str | None = None,
+                      questions_served_model: str | None = None, tests_model: str | None = None,
+                      tests_backend: str | None = None, tests_served_model: str | None = None,
+                      solutions_model: str | None = None, solutions_backend: str | None = None,
+                      solutions_served_model: str | None = None, chat: bool = False, api_key: str | None = None,
+                      question_prompts: int = 4, max_questions: int | None = None, questions_file: str | None = None,
+                      tests: int = 5, solutions: int = 10, temperature: float | None = None, seed: int = 0,
+                      batch_size: int | None = None, workers: int | None = None, sandbox: str = "auto",
+                      timeout: float = 5.0, force: bool = False) -> dict:
+    """Entry point of `codelm selfinstruct` (flags in codelm/cli.py): each stage's model, backend and served model
+    default to `model`, `backend` and `served_model`; `chat` applies to every openai stage; `tests` and `solutions`
+    are the counts kept and sampled per question. Returns the run's summary (the command line prints it)."""
+    given = dict(questions=(questions_model, questions_backend, questions_served_model),
+                 tests=(tests_model, tests_backend, tests_served_model),
+                 solutions=(solutions_model, solutions_backend, solutions_served_model))
+
     def stage(name):
-        backend = getattr(args, f"{name}_backend") or args.backend
-        return StageModel(backend=backend, model=getattr(args, f"{name}_model") or args.model,
-                          served_model=getattr(args, f"{name}_served_model") or args.served_model,
-                          chat=args.chat and backend == "openai")  # --chat: every openai stage
+        stage_model, stage_backend, stage_served = given[name]
+        stage_backend = stage_backend or backend
+        return StageModel(backend=stage_backend, model=stage_model or model,
+                          served_model=stage_served or served_model,
+                          chat=chat and stage_backend == "openai")  # --chat: every openai stage
 
     cfg = SelfInstructConfig(
-        out=args.out, questions=stage("questions"), tests=stage("tests"), solutions=stage("solutions"),
-        question_prompts=args.question_prompts, max_questions=args.max_questions, questions_file=args.questions_file, n_tests=args.tests,
-        n_solutions=args.solutions, seed=args.seed, batch_size=args.batch_size,
-        api_key=args.api_key or os.environ.get("OPENAI_API_KEY"), workers=args.workers, sandbox=args.sandbox,
-        timeout=args.timeout, progress=sys.stderr.isatty())
-    if args.temperature is not None:
-        cfg.question_temperature = cfg.solution_temperature = args.temperature
+        out=out, questions=stage("questions"), tests=stage("tests"), solutions=stage("solutions"),
+        question_prompts=question_prompts, max_questions=max_questions, questions_file=questions_file, n_tests=tests,
+        n_solutions=solutions, seed=seed, batch_size=batch_size,
+        api_key=api_key or os.environ.get("OPENAI_API_KEY"), workers=workers, sandbox=sandbox,
+        timeout=timeout, progress=sys.stderr.isatty())
+    if temperature is not None:
+        cfg.question_temperature = cfg.solution_temperature = temperature
     from codelm.files import claim_output
 
-    claim_output(args.out, "selfinstruct", folder=True, force=getattr(args, "force", False), what="run folder",
+    claim_output(out, "selfinstruct", folder=True, force=force, what="run folder",
                  legacy=lambda p: (p / "run.json").exists())
-    summary = run_selfinstruct(cfg)
-    y = summary["yield"]
-    q = summary["questions"]
-    print(f"selfinstruct: {q['generated']} questions generated, {q['duplicates']} duplicates dropped, "
-          f"{y['questions']} used; {y['with_tests']} with tests ({summary['tests']['tests_parsed']} tests parsed); "
-          f"{summary['solutions']['generated']} solutions, {summary['execution']['solutions_run']} run; "
-          f"{y['kept']} kept -> {Path(args.out) / 'selfinstruct.jsonl'}, {Path(args.out) / 'dialogs.jsonl'}")
-    return 0
+    return run_selfinstruct(cfg)
