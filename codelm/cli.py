@@ -281,17 +281,21 @@ def _run_serve(args):
 # --------------------------------------------------------------------- eval
 def _add_config_flags(p, cls) -> None:
     """One flag per field of a config dataclass (see codelm/evaluate/eval_config.py): required fields
-    without a default become required flags, booleans switches, `kind` the value's check."""
+    without a default become required flags, booleans switches, `kind` the value's check; `append` makes it
+    repeatable (a list)."""
     import dataclasses
 
     kinds = {"positive_int": POSITIVE_INT, "nonneg_float": NONNEG_FLOAT, "positive_float": POSITIVE_FLOAT,
-             "probability": PROBABILITY, "seed": SEED}
+             "probability": PROBABILITY, "seed": SEED, "fraction": _number(float, 0.0, 1.0, what="a number in [0, 1]")}
     for f in dataclasses.fields(cls):
         meta = f.metadata
         if not meta.get("cli", True):
             continue
         name = "--" + f.name.replace("_", "-")
-        if f.default is dataclasses.MISSING:
+        if meta.get("append"):  # repeatable, gathered into a list
+            p.add_argument(name, dest=f.name, action="append", default=[], metavar=meta.get("metavar"),
+                           help=meta.get("help"))
+        elif f.default is dataclasses.MISSING:
             p.add_argument(name, required=True, help=meta.get("help"))
         elif f.default is False:
             p.add_argument(name, action="store_true", help=meta.get("help"))
@@ -369,27 +373,10 @@ def _run_export(args):
 def _add_lab(sub):
     p = sub.add_parser("lab", help="experiments: `lab length` (train short, test long), `lab longctx` (evaluate a model)")
     labs = p.add_subparsers(dest="experiment", required=True)
+    from codelm.lab.length_config import LabLengthConfig
+
     ln = labs.add_parser("length", help="RoPE, θ, LCFT, position interpolation and ALiBi compared by context length")
-    ln.add_argument("--out", default="lab-length",
-                    help="output folder (runs, evaluations, table, plots; resumed when it exists; default: %(default)s)")
-    _add_force(ln, "--out")
-    ln.add_argument("--quick", action="store_true", help="tiny sizes, one seed: a first look in a few minutes")
-    ln.add_argument("--seeds", type=POSITIVE_INT, default=None, help="seeds (default 3; 1 with --quick)")
-    ln.add_argument("--seq-len", type=POSITIVE_INT, default=None, help="the training length L (default: the recipe's)")
-    ln.add_argument("--lcft-factor", type=POSITIVE_INT, default=None, help="fine-tune at this multiple of L (default 8; 4 with --quick)")
-    ln.add_argument("--retrieval-examples", type=POSITIVE_INT, default=None, help="key-retrieval prompts per cell and seed")
-    ln.add_argument("--eval-tokens", type=POSITIVE_INT, default=None, help="held-out tokens scored at every length")
-    ln.add_argument("--drill-weight", type=_number(float, 0.0, 1.0, what="a number in [0, 1]"), default=None, help="share of retrieval drills in pretraining")
-    ln.add_argument("--drill-loss-weight", type=NONNEG_FLOAT, default=None,
-                    help="how many code tokens one drill answer token counts in the pretraining loss")
-    ln.add_argument("--lcft-drill-weight", type=_number(float, 0.0, 1.0, what="a number in [0, 1]"), default=None, help="share of retrieval drills in the fine-tunes (default 0)")
-    ln.add_argument("--lcft-drill-loss-weight", type=NONNEG_FLOAT, default=None,
-                    help="how many code tokens one drill answer token counts in the fine-tunes' loss")
-    ln.add_argument("--train-chars", type=POSITIVE_INT, default=None, help="training text kept from the corpus")
-    ln.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override the pretraining recipe (recipes/lab-length.toml), e.g. train.max_steps=600")
-    ln.add_argument("--lcft-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override the fine-tune recipe (recipes/lcft-lab.toml)")
+    _add_config_flags(ln, LabLengthConfig)
     lc = labs.add_parser("longctx", help="perplexity by context length and key retrieval of a checkpoint")
     lc.add_argument("--model", required=True, help="checkpoint directory (HF or Meta layout)")
     lc.add_argument("--corpus", required=True, help="corpus folder (its held-out split) or a JSONL file with text")
@@ -412,9 +399,14 @@ def _add_lab(sub):
 
 
 def _run_lab(args):
-    from codelm.lab.length import lab_main
+    if args.experiment == "length":
+        from codelm.lab.length import lab_main
+        from codelm.lab.length_config import LabLengthConfig
 
-    return lab_main(args)
+        return lab_main(_config_from(args, LabLengthConfig))
+    from codelm.evaluate.longctx import longctx_main
+
+    return longctx_main(**_settings(args))
 
 
 # -------------------------------------------------------------- selfinstruct

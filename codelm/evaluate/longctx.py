@@ -316,46 +316,50 @@ def parse_positions(text: str | None, default) -> list[float]:
     return out
 
 
-def longctx_main(args) -> int:
-    """`codelm lab longctx --model DIR --corpus DIR`: perplexity by length, key retrieval, position sweep."""
+def longctx_main(*, model: str, corpus: str, split: str = "valid", benchmark: str = "all", lengths: str | None = None,
+                 trained_length: int | None = None, positions: str | None = None, sweep_length: int | None = None,
+                 examples: int = 64, eval_tokens: int = 65536, rope_theta: float | None = None, seed: int = 0,
+                 threads: int | None = None, out: str | None = None) -> int:
+    """`codelm lab longctx --model DIR --corpus DIR`: perplexity by length, key retrieval, position sweep
+    (flags in codelm/cli.py; `lengths` and `positions` as typed there, e.g. 'L/4,L,4L' and '0,0.2,0.4')."""
     from codelm.model.checkpoint import load
 
-    loaded = load(args.model, dtype=torch.float32)
-    model, tok = loaded.model.eval(), loaded.tokenizer
+    loaded = load(model, dtype=torch.float32)
+    model_dir, model, tok = model, loaded.model.eval(), loaded.tokenizer
     if tok is None:
-        raise ConfigError(f"{args.model}: no tokenizer beside the model")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.rope_theta is not None:
-        model.config.rope_theta = float(args.rope_theta)
+        raise ConfigError(f"{model_dir}: no tokenizer beside the model")
+    if threads:
+        torch.set_num_threads(threads)
+    if rope_theta is not None:
+        model.config.rope_theta = float(rope_theta)
         model.reset_rope()
-    trained = args.trained_length or model.config.max_seq_len
-    lengths = parse_lengths(args.lengths, trained)
-    texts = held_out_texts(args.corpus, args.split)
-    result = {"model": str(args.model), "trained_length": trained, "rope_theta": model.config.rope_theta,
+    trained = trained_length or model.config.max_seq_len
+    lengths = parse_lengths(lengths, trained)
+    texts = held_out_texts(corpus, split)
+    result = {"model": str(model_dir), "trained_length": trained, "rope_theta": model.config.rope_theta,
               "rope_scaling": model.config.rope_scaling, "position_encoding": model.config.position_encoding}
-    want = args.benchmark
+    want = benchmark
     if want in ("perplexity", "all"):
-        docs = long_documents(texts, tok, max(lengths) + 1, total_tokens=args.eval_tokens)
+        docs = long_documents(texts, tok, max(lengths) + 1, total_tokens=eval_tokens)
         ppl = perplexity_by_length(model, docs, lengths, progress=True)
         result["perplexity"] = {str(k): v for k, v in ppl.items()}
         for n, v in ppl.items():
             print(f"perplexity at {n:>7} tokens: {v['ppl']:.3f} (loss {v['loss']:.4f}, {v['tokens']} tokens)")
     if want in ("key-retrieval", "all"):
         filler = code_token_stream(texts, tok)
-        positions = parse_positions(args.positions, PAPER_POSITIONS)
-        grid = retrieval_grid(model, tok, filler, lengths, positions, args.examples, args.seed, progress=True)
-        sweep_len = args.sweep_length or lengths[-1]
-        sweep = retrieval_grid(model, tok, filler, [sweep_len], list(SWEEP_POSITIONS), args.examples, args.seed,
+        positions = parse_positions(positions, PAPER_POSITIONS)
+        grid = retrieval_grid(model, tok, filler, lengths, positions, examples, seed, progress=True)
+        sweep_len = sweep_length or lengths[-1]
+        sweep = retrieval_grid(model, tok, filler, [sweep_len], list(SWEEP_POSITIONS), examples, seed,
                                progress=True, desc="position sweep")
-        result["key_retrieval"] = {"examples_per_cell": args.examples, "grid": grid, "sweep": sweep}
+        result["key_retrieval"] = {"examples_per_cell": examples, "grid": grid, "sweep": sweep}
         for k, v in {**grid, **sweep}.items():
             print(f"key retrieval {k:>14}: {v:.1%}")
-    if args.out:
+    if out:
         from codelm.files import atomic_write, mark_output
 
-        out = Path(args.out)
-        atomic_write(out, json.dumps(result, indent=1))
-        mark_output(out, "longctx-results")
-        print(f"written to {out}")
+        path = Path(out)
+        atomic_write(path, json.dumps(result, indent=1))
+        mark_output(path, "longctx-results")
+        print(f"written to {path}")
     return 0

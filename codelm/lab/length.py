@@ -48,6 +48,7 @@ from codelm.data.corpus import (STDLIB_TEST_EXCLUDE, CorpusOptions, corpus_texts
 from codelm.errors import ConfigError, DataError
 from codelm.evaluate import longctx as lc
 from codelm.files import atomic_write, write_json
+from codelm.lab.length_config import LabLengthConfig
 from codelm.lab.report import compute_seconds, explanation, plot_all, summarize, table_markdown
 from codelm.model.checkpoint import load_checkpoint
 from codelm.tokenizer import Tokenizer, train_tokenizer
@@ -453,25 +454,22 @@ def quick_settings(s: LabSettings) -> LabSettings:
 
 
 # ---------------------------------------------------------------------- CLI
-def lab_main(args) -> int:
-    if args.experiment == "length":
-        from codelm.files import claim_output
+def lab_main(cfg: LabLengthConfig) -> int:
+    """Entry point of `codelm lab length` (its flags: LabLengthConfig, in codelm/lab/length_config.py)."""
+    from codelm.files import claim_output
 
-        claim_output(args.out, "lab-length", folder=True, force=getattr(args, "force", False), what="lab folder",
-                     legacy=lambda p: (p / "runs").is_dir() or (p / "results.json").exists())
-        s = LabSettings(out=Path(args.out), seeds=args.seeds if args.seeds is not None else (1 if args.quick else 3),
-                        quick=args.quick, overrides=list(args.set or []), lcft_overrides=list(args.lcft_set or []))
-        if args.quick:
-            quick_settings(s)
-        for name in ("lcft_factor", "retrieval_examples", "eval_tokens", "drill_weight", "drill_loss_weight",
-                     "lcft_drill_weight", "lcft_drill_loss_weight", "train_chars"):
-            v = getattr(args, name, None)
-            if v is not None:
-                setattr(s, name, v)
-        if args.seq_len is not None:
-            s.overrides.append(f"data.seq_len={args.seq_len}")
-        run_lab(s)
-        return 0
-    if args.experiment == "longctx":
-        return lc.longctx_main(args)
-    raise ConfigError(f"lab: unknown experiment {args.experiment!r} (length, longctx)")
+    claim_output(cfg.out, "lab-length", folder=True, force=cfg.force, what="lab folder",
+                 legacy=lambda p: (p / "runs").is_dir() or (p / "results.json").exists())
+    s = LabSettings(out=Path(cfg.out), seeds=cfg.seeds if cfg.seeds is not None else (1 if cfg.quick else 3),
+                    quick=cfg.quick, overrides=list(cfg.set or []), lcft_overrides=list(cfg.lcft_set or []))
+    if cfg.quick:
+        quick_settings(s)
+    for name in ("lcft_factor", "retrieval_examples", "eval_tokens", "drill_weight", "drill_loss_weight",
+                 "lcft_drill_weight", "lcft_drill_loss_weight", "train_chars"):
+        v = getattr(cfg, name)
+        if v is not None:
+            setattr(s, name, v)
+    if cfg.seq_len is not None:
+        s.overrides.append(f"data.seq_len={cfg.seq_len}")
+    run_lab(s)
+    return 0
