@@ -207,11 +207,10 @@ def test_codelm_outputs_are_replaced_and_user_files_only_with_force(place, monke
 def test_cli_strings_read_the_escapes_people_type():
     assert unescape(r"\ndef ") == "\ndef "
     assert unescape(r"a\tb\\n\x") == "a\tb\\n\\x"
-    from codelm.cli import build_parser
-    from codelm.generate.cli import _kw
+    from codelm.cli import _sampling, build_parser
 
     args = build_parser().parse_args(["complete", "--model", "m", "--stop", r"\ndef ", "--stop", "@x", r"a\tb"])
-    assert _kw(args, 5)["stop"] == ["\ndef ", "@x"] and args.prompt == "a\tb"
+    assert _sampling(args)["stop"] == ["\ndef ", "@x"] and args.prompt == "a\tb"
     args = build_parser().parse_args(["infill", "--model", "m", "--prefix", r"def f(x):\n    ", "--suffix", "@s.py"])
     assert (args.prefix, args.suffix) == ("def f(x):\n    ", "@s.py")
 
