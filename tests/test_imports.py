@@ -1,5 +1,6 @@
 """The package's dependency rule: no import cycle inside codelm/, counting imports placed inside
-functions too (a cycle hidden behind a late import is still a cycle)."""
+functions too (a cycle hidden behind a late import is still a cycle); and no argparse Namespace beyond
+cli.py (the library takes typed parameters)."""
 import ast
 from pathlib import Path
 
