@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import errno
+import itertools
 import json
 import os
 import queue
@@ -415,6 +416,27 @@ def namespaces_available() -> tuple[bool, str]:
 
 
 # ----------------------------------------------------------------------------- the pool
+RETRY_PRIORITY = float("inf")  # a job handed back by a dead worker goes first
+
+
+class _JobQueue:
+    """The pool's queue: jobs by priority (highest first, then FIFO); None (stop) after every job."""
+
+    def __init__(self):
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._count = itertools.count()
+
+    def put(self, item, priority: float = 0.0) -> None:
+        key = (1, 0.0) if item is None else (0, -float(priority))
+        self._queue.put((key, next(self._count), item))
+
+    def get(self, block: bool = True):
+        return self._queue.get(block=block)[2]
+
+    def get_nowait(self):
+        return self._queue.get_nowait()[2]
+
+
 class SandboxPool:
     """N workers running jobs in parallel. Use as a context manager, or call close()."""
 
@@ -424,7 +446,7 @@ class SandboxPool:
         first = open_worker(self.config, mode or self.config.mode)  # fails here, not in a thread
         self.mode, self.isolation = first.mode, first.isolation
         self.definitions: dict[str, tuple[str, object]] = {}
-        self.jobs: queue.Queue = queue.Queue()
+        self.jobs = _JobQueue()
         self.workers: list[Worker | None] = [None] * max(1, int(workers))
         self.threads = [threading.Thread(target=self._serve, args=(i,), daemon=True, name=f"sandbox-{i}")
                         for i in range(len(self.workers))]
@@ -444,11 +466,13 @@ class SandboxPool:
         `packed`: `value` is already the text of zygote.pack (a reference job's checker result)."""
         self.definitions[key] = ("value", value if packed else _zygote.pack(value))
 
-    def submit(self, job: PythonJob | CommandJob) -> concurrent.futures.Future:
+    def submit(self, job: PythonJob | CommandJob, priority: float = 0.0) -> concurrent.futures.Future:
+        """Queue a job; waiting jobs start highest `priority` first, in submission order among equals
+        (a scorer gives its longest jobs the highest, so the workers finish together)."""
         if self.closed:
             raise RuntimeError("the sandbox pool is closed")
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self.jobs.put((job, future))
+        self.jobs.put((job, future), priority)
         return future
 
     def run(self, job: PythonJob | CommandJob):
@@ -581,7 +605,7 @@ class SandboxPool:
         for position, (job, future, attempts, _) in enumerate(outstanding):
             attempts += position == 0
             if attempts < 2:
-                self.jobs.put((job, future, attempts))
+                self.jobs.put((job, future, attempts), RETRY_PRIORITY)
             elif isinstance(job, PythonJob):
                 future.set_result(RunResult(status="failed", reason="sandbox worker died"))
             else:

@@ -119,7 +119,7 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None):
     key = check_name(name)
     problems = load_problems(key, data_dir)
     if key in ("humaneval+", "mbpp+"):
-        return EvalPlusBenchmark(key, problems)
+        return EvalPlusBenchmark(key, problems, data_sha256=datasets.sha256_of(datasets.locate(key, data_dir)))
     if key == "mbpp":
         return MbppBenchmark(key, problems)
     return AssertBenchmark(key, problems)
