@@ -223,7 +223,7 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
     completed: queue.SimpleQueue = queue.SimpleQueue()  # futures, as they finish
     waiting: dict[str, list[tuple]] = {}  # task -> (sample, CPU limit it last ran with) awaiting calibration
     lone_reruns: list[int] = []
-    counts = {"sample_jobs": 0}
+    counts = {"sample_jobs": 0, "sample_cpu": 0.0, "reference_cpu": 0.0}  # jobs run, their CPU seconds
 
     def finish(i, result):
         fields = benchmark.row_fields(result)
@@ -288,7 +288,9 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
         future = completed.get()
         kind, item, cpu_used = in_flight.pop(future)
         if kind == "reference":
-            calibration.finish(item, future.result())
+            result = future.result()
+            counts["reference_cpu"] += result.cpu_seconds
+            calibration.finish(item, result)
             for i, cpu_then in waiting.pop(item):
                 if cpu_then is None or calibration.limits(item).cpu_seconds > cpu_then:
                     submit(i)
@@ -296,6 +298,7 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
                     lone_reruns.append(i)
             continue
         result, task_id = future.result(), samples[item]["key"]
+        counts["sample_cpu"] += result.cpu_seconds
         if not result.timed_out:
             finish(item, result)
         elif calibration.limits(task_id).cpu_seconds > cpu_used:
@@ -308,13 +311,17 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
         task_id = samples[i]["key"]
         job = benchmark.sample_job(benchmark.problems[task_id], samples[i]["fields"])
         counts["sample_jobs"] += 1
-        finish(i, pool.run(replace(job, limits=calibration.limits(task_id))))
+        result = pool.run(replace(job, limits=calibration.limits(task_id)))
+        counts["sample_cpu"] += result.cpu_seconds
+        finish(i, result)
     bar.close()
     for task_id, reason in calibration.broken.items():
         print(f"codelm score: warning: the reference solution of {task_id} fails here ({reason})", file=sys.stderr)
     stats = {"timeouts_rerun": len(lone_reruns), "reference_failures": calibration.broken,
              "calibrated_tasks": len(calibration.done), "distinct_programs": len(groups),
-             "sample_jobs": counts["sample_jobs"], "reference_jobs": calibration.jobs}
+             "sample_jobs": counts["sample_jobs"], "reference_jobs": calibration.jobs,
+             # CPU seconds of the programs themselves (sandboxed children), the rest being harness
+             "jobs_cpu_s": {"samples": round(counts["sample_cpu"], 2), "references": round(counts["reference_cpu"], 2)}}
     if benchmark.has_base:
         stats["reference_cached"] = calibration.cached
         if cache.rejected:

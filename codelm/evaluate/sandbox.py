@@ -521,6 +521,16 @@ class SandboxPool:
 
     # ------------------------------------------------------------------ worker threads
     def _serve(self, index: int) -> None:
+        try:
+            self._serve_jobs(index)
+        finally:
+            # Closed by this thread: a worker it started has PR_SET_PDEATHSIG tied to it, and would be
+            # killed, not closed, when the thread ends (its processes then escape our CPU accounting).
+            worker = self.workers[index]
+            if worker is not None:
+                worker.close()
+
+    def _serve_jobs(self, index: int) -> None:
         """Feed one worker. Up to PIPELINE jobs are sent ahead, so the zygote starts the next job as
         soon as one ends instead of waiting for this thread to be scheduled (on a busy machine that
         wait, not the work, would set the pace)."""
