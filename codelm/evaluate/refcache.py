@@ -8,7 +8,7 @@ Location: $CODELM_CACHE_DIR/reference/ (default ~/.cache/codelm, or $XDG_CACHE_H
 folder per identity (benchmark, sha256 of its data file, fingerprint of the checker sources, Python
 version, CACHE_VERSION) and one file per task:
 
-    CODELMREF1\\n{"task_id", "cpu_seconds", "max_rss_mb", "length", "sha256"}\\n<packed outputs>
+    CODELMREF2\\n{"task_id", "cpu_seconds", "max_rss_mb", "length", "sha256"}\\n<outputs: marshal bytes>
 
 Each file is written atomically (a temp file beside it, then a rename; not fsynced: the checksum
 catches a file torn by a crash, and the cache is only ever a shortcut). A file that cannot be read, or whose header,
@@ -26,8 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-CACHE_VERSION = 1  # bump when the meaning of a cached entry changes (the checker sources are hashed anyway)
-MAGIC = b"CODELMREF1\n"
+CACHE_VERSION = 2  # bump when the meaning of a cached entry changes (the checker sources are hashed anyway)
+MAGIC = b"CODELMREF2\n"
 
 
 def cache_root() -> Path:
@@ -65,7 +65,7 @@ class ReferenceCache:
         return self.folder / (_safe(task_id) + ".ref")
 
     def get(self, task_id: str) -> dict | None:
-        """{"payload", "cpu_seconds", "max_rss_mb"} of a verified entry, else None."""
+        """{"payload": marshal bytes, "cpu_seconds", "max_rss_mb"} of a verified entry, else None."""
         if self.folder is None:
             return None
         path = self.path(task_id)
@@ -82,17 +82,18 @@ class ReferenceCache:
             if (meta.get("task_id") != task_id or meta.get("length") != len(payload)
                     or meta.get("sha256") != hashlib.sha256(payload).hexdigest()):
                 raise ValueError("checksum")
-            entry = {"payload": payload.decode("ascii"), "cpu_seconds": float(meta["cpu_seconds"]),
+            entry = {"payload": payload, "cpu_seconds": float(meta["cpu_seconds"]),
                      "max_rss_mb": float(meta["max_rss_mb"])}
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        except (ValueError, KeyError, TypeError):
             self.rejected.append(task_id)
             return None
         return entry
 
-    def put(self, task_id: str, payload: str, cpu_seconds: float, max_rss_mb: float) -> None:
-        if self.folder is None or not isinstance(payload, str):
+    def put(self, task_id: str, payload: bytes, cpu_seconds: float, max_rss_mb: float) -> None:
+        """Keep a task's reference outputs (marshal bytes, as sent to the sandbox) and timing."""
+        if self.folder is None or not isinstance(payload, bytes):
             return
-        body = payload.encode("ascii")
+        body = payload
         meta = {"task_id": task_id, "cpu_seconds": cpu_seconds, "max_rss_mb": max_rss_mb,
                 "length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
         try:

@@ -17,6 +17,7 @@ Flow:
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import hashlib
 import json
@@ -363,9 +364,11 @@ class Calibration:
 
     def finish(self, task_id: str, result) -> None:
         if result.status == "passed":
-            self._accept(task_id, result.result, result.cpu_seconds, result.max_rss_mb)
-            if self.benchmark.has_base:
-                self.cache.put(task_id, result.result, result.cpu_seconds, result.max_rss_mb)
+            payload = result.result
+            if self.benchmark.has_base and isinstance(payload, str):
+                payload = base64.b64decode(payload)  # zygote.pack's text: decoded once, here
+                self.cache.put(task_id, payload, result.cpu_seconds, result.max_rss_mb)
+            self._accept(task_id, payload, result.cpu_seconds, result.max_rss_mb)
         else:
             self.done.add(task_id)
             self.broken[task_id] = result.reason if result.status == "failed" else result.status

@@ -24,11 +24,13 @@ run a single job in a short-lived pool. The in-sandbox half lives in codelm/eval
 
 from __future__ import annotations
 
+import base64
 import collections
 import concurrent.futures
 import errno
 import itertools
 import json
+import marshal
 import os
 import queue
 import select
@@ -38,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from codelm.errors import CodelmError
@@ -78,10 +80,10 @@ class Limits:
     env: dict = field(default_factory=dict)  # added to the scrubbed environment
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        if data["wall_seconds"] is None:
-            data["wall_seconds"] = 3 * self.cpu_seconds + 2
-        return data
+        return {"cpu_seconds": self.cpu_seconds,  # written out: dataclasses.asdict costs more than the rest of a frame
+                "wall_seconds": 3 * self.cpu_seconds + 2 if self.wall_seconds is None else self.wall_seconds,
+                "memory_mb": self.memory_mb, "processes": self.processes, "file_size_mb": self.file_size_mb,
+                "open_files": self.open_files, "output_bytes": self.output_bytes, "env": dict(self.env)}
 
 
 @dataclass
@@ -188,9 +190,10 @@ def describe_weakness(isolation: Isolation) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- framing (harness side)
-def _frame_bytes(frame: dict) -> bytes:
+def _frame_bytes(frame: dict, raw: bytes = b"") -> bytes:
+    """A frame; `raw` bytes follow it as they are when the frame says {"raw": len(raw)} (a value's marshal)."""
     data = json.dumps(frame, ensure_ascii=False).encode("utf-8", "surrogatepass")
-    return struct.pack(">I", len(data)) + data
+    return struct.pack(">I", len(data)) + data + raw
 
 
 # ----------------------------------------------------------------------------- one worker
@@ -238,9 +241,9 @@ class Worker:
         except (OSError, ValueError):
             return "(stderr unavailable)"
 
-    def send(self, frame: dict) -> None:
+    def send(self, frame: dict, raw: bytes = b"") -> None:
         """Write a frame, reading answers into the inbox meanwhile (the zygote may be writing one)."""
-        data = memoryview(_frame_bytes(frame))
+        data = memoryview(_frame_bytes(frame, raw))
         stdin, stdout = self.process.stdin.fileno(), self.process.stdout.fileno()
         while data:
             readable, writable, _ = select.select([stdout], [stdin], [], 60)
@@ -290,7 +293,10 @@ class Worker:
                 self.defined[key] = self.defined.pop(key)  # most recently used last
             else:
                 kind, payload = definitions[key]
-                self.send({"op": "put", "key": key, "kind": kind, "payload": payload})
+                if kind == "value":  # marshal bytes, sent raw after the frame: no base64, no JSON string
+                    self.send({"op": "put", "key": key, "kind": kind, "raw": len(payload)}, payload)
+                else:
+                    self.send({"op": "put", "key": key, "kind": kind, "payload": payload})
                 self.defined[key] = kind
         values = [k for k, kind in self.defined.items() if kind == "value" and k not in keys]
         excess = len(values) + sum(1 for k in keys if self.defined.get(k) == "value") - keep_values
@@ -463,8 +469,13 @@ class SandboxPool:
     def define_value(self, key: str, value, packed: bool = False) -> None:
         """Ship a value (tuples, sets, bytes kept) to every worker once; checker args refer to it as {"$ref": key}.
 
-        `packed`: `value` is already the text of zygote.pack (a reference job's checker result)."""
-        self.definitions[key] = ("value", value if packed else _zygote.pack(value))
+        `packed`: `value` is already packed: the text of zygote.pack (a reference job's checker
+        result) or marshal bytes (the reference cache)."""
+        if not packed:
+            value = marshal.dumps(value)
+        elif isinstance(value, str):
+            value = base64.b64decode(value)
+        self.definitions[key] = ("value", value)
 
     def submit(self, job: PythonJob | CommandJob, priority: float = 0.0) -> concurrent.futures.Future:
         """Queue a job; waiting jobs start highest `priority` first, in submission order among equals

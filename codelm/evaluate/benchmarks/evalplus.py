@@ -11,6 +11,7 @@ extra ("plus") inputs pass too. Reference results are cached on disk (codelm.eva
 from __future__ import annotations
 
 import hashlib
+import marshal
 from pathlib import Path
 
 from codelm.evaluate.benchmarks.mbpp import mbpp_number
@@ -84,11 +85,9 @@ class EvalPlusBenchmark:
         return {"base": base, "plus": plus}
 
     def definitions(self, task_ids) -> dict:
-        from codelm.evaluate.zygote import pack
-
         found = {CHECKER_KEY: ("module", CHECKER_SOURCE)}
         for task_id in task_ids:
-            found[f"inputs:{task_id}"] = ("value", pack(self.inputs(self.problems[task_id])))
+            found[f"inputs:{task_id}"] = ("value", marshal.dumps(self.inputs(self.problems[task_id])))
         return found
 
     def code_of(self, sample: dict) -> str:
