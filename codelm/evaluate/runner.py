@@ -191,9 +191,8 @@ def _finished(out_path: Path, samples: list[dict]) -> bool:
                                              for r, s in zip(rows, samples))
 
 
-def program_key(benchmark, sample: dict) -> bytes:
+def program_key(sample: dict, job) -> bytes:
     """What makes a sample's job: two samples with the same key run the same program on the same tests."""
-    job = benchmark.sample_job(benchmark.problems[sample["key"]], sample["fields"])
     identity = [sample["key"], job.stages, job.checker, job.needs, job.files, job.int_max_str_digits]
     return hashlib.sha256(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")).digest()
 
@@ -204,13 +203,21 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
 
     Each distinct (task, program) runs once and its verdict is copied to its duplicates (at low
     temperature many of a task's samples are the same program); the longest jobs start first."""
-    from tqdm import tqdm
+    if progress:
+        from tqdm import tqdm
+    else:
+        tqdm = _NoBar
 
     pending = [i for i in range(len(samples)) if i not in journal.done]
     groups: dict[int, list[int]] = {}  # first sample of a program -> every pending sample of it
+    jobs: dict[int, object] = {}  # first sample of a program -> its job (limits set at submission)
     first_of: dict[bytes, int] = {}
     for i in pending:
-        groups.setdefault(first_of.setdefault(program_key(benchmark, samples[i]), i), []).append(i)
+        job = benchmark.sample_job(benchmark.problems[samples[i]["key"]], samples[i]["fields"])
+        first = first_of.setdefault(program_key(samples[i], job), i)
+        groups.setdefault(first, []).append(i)
+        if first == i:
+            jobs[i] = job
     task_ids = list(dict.fromkeys(samples[i]["key"] for i in pending))
     for key, (kind, payload) in benchmark.definitions(task_ids).items():
         if kind == "module":
@@ -246,7 +253,7 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
             finish(i, _unchecked(calibration.broken[task_id]))
             return
         limits = calibration.limits(task_id)
-        job = replace(benchmark.sample_job(benchmark.problems[task_id], samples[i]["fields"]), limits=limits)
+        job = replace(jobs[i], limits=limits)
         counts["sample_jobs"] += 1
         track(pool.submit(job, priority=calibration.cpu.get(task_id, 0.0)), ("sample", i, limits.cpu_seconds))
 
@@ -310,7 +317,7 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
             lone_reruns.append(item)
     for i in sorted(lone_reruns):  # alone: nothing else runs in the pool now
         task_id = samples[i]["key"]
-        job = benchmark.sample_job(benchmark.problems[task_id], samples[i]["fields"])
+        job = jobs[i]
         counts["sample_jobs"] += 1
         result = pool.run(replace(job, limits=calibration.limits(task_id)))
         counts["sample_cpu"] += result.cpu_seconds
@@ -328,6 +335,19 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
         if cache.rejected:
             stats["reference_cache_rejected"] = len(cache.rejected)
     return stats
+
+
+class _NoBar:
+    """tqdm's interface, doing nothing (and not importing tqdm) when no progress is shown."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
 
 
 class Calibration:

@@ -420,6 +420,7 @@ class Zygote:
         # Exposed paths below /tmp are mount points of the sandbox, not leftovers of a job.
         self.mount_points = {os.path.join("/tmp", n) for n in os.listdir("/tmp")} if self.mode == "namespaces" else set()
         self.pidfd_ok = hasattr(os, "pidfd_open")
+        self.hard_limits = {}  # resource -> this process's hard limit
 
     # ------------------------------------------------------------------ main loop
     def serve(self):
@@ -786,7 +787,9 @@ class Zygote:
             settings.append((resource.RLIMIT_AS, size, size))
         capped = []
         for which, soft, hard in settings:
-            _, current_hard = resource.getrlimit(which)
+            current_hard = self.hard_limits.get(which)
+            if current_hard is None:  # only this process could lower it, and it never does: asked once
+                current_hard = self.hard_limits[which] = resource.getrlimit(which)[1]
             if current_hard != resource.RLIM_INFINITY:
                 soft, hard = min(soft, current_hard), min(hard, current_hard)
             capped.append((which, soft, hard))
