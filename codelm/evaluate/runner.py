@@ -208,16 +208,14 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
     else:
         tqdm = _NoBar
 
+    def job_of(i):
+        return benchmark.sample_job(benchmark.problems[samples[i]["key"]], samples[i]["fields"])
+
     pending = [i for i in range(len(samples)) if i not in journal.done]
     groups: dict[int, list[int]] = {}  # first sample of a program -> every pending sample of it
-    jobs: dict[int, object] = {}  # first sample of a program -> its job (limits set at submission)
-    first_of: dict[bytes, int] = {}
+    first_of: dict[bytes, int] = {}  # (jobs are built again when submitted: 200,000 kept would weigh)
     for i in pending:
-        job = benchmark.sample_job(benchmark.problems[samples[i]["key"]], samples[i]["fields"])
-        first = first_of.setdefault(program_key(samples[i], job), i)
-        groups.setdefault(first, []).append(i)
-        if first == i:
-            jobs[i] = job
+        groups.setdefault(first_of.setdefault(program_key(samples[i], job_of(i)), i), []).append(i)
     task_ids = list(dict.fromkeys(samples[i]["key"] for i in pending))
     for key, (kind, payload) in benchmark.definitions(task_ids).items():
         if kind == "module":
@@ -253,7 +251,7 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
             finish(i, _unchecked(calibration.broken[task_id]))
             return
         limits = calibration.limits(task_id)
-        job = replace(jobs[i], limits=limits)
+        job = replace(job_of(i), limits=limits)
         counts["sample_jobs"] += 1
         track(pool.submit(job, priority=calibration.cpu.get(task_id, 0.0)), ("sample", i, limits.cpu_seconds))
 
@@ -317,7 +315,7 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
             lone_reruns.append(item)
     for i in sorted(lone_reruns):  # alone: nothing else runs in the pool now
         task_id = samples[i]["key"]
-        job = jobs[i]
+        job = job_of(i)
         counts["sample_jobs"] += 1
         result = pool.run(replace(job, limits=calibration.limits(task_id)))
         counts["sample_cpu"] += result.cpu_seconds
