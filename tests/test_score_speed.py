@@ -2,7 +2,6 @@
 reference cache of HumanEval+/MBPP+, and the checker's early exit. Real sandbox throughout."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
