@@ -34,7 +34,6 @@ import keyword
 import os
 import re
 import subprocess
-import sys
 import sysconfig
 import time
 from collections import Counter

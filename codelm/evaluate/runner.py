@@ -2,18 +2,22 @@
 
 Flow:
  1. read and check the whole samples file (any bad line is an error naming it; nothing written);
+    samples of a task with the same program are grouped: each distinct program runs once and its
+    verdict is copied to every duplicate (`distinct_programs`, `sample_jobs` in the summary);
  2. for HumanEval+/MBPP+, run each task's reference solution in the sandbox for the expected
-    outputs; its CPU time sets the task's limit, max(--timeout, 4 x reference). Other benchmarks
-    time a task's reference only when one of its samples exceeds --timeout, then retry it;
- 3. run the samples in a pool of sandbox workers, appending each verdict to a journal
-    (OUT.partial) as it arrives; a sample that times out under its task's calibrated limit is run
-    once more, alone, at the end, before it counts as a timeout;
+    outputs, or read them from the on-disk reference cache (codelm.evaluate.refcache); its CPU
+    time sets the task's limit, max(--timeout, 4 x reference). Other benchmarks time a task's
+    reference only when one of its samples exceeds --timeout, then retry it;
+ 3. run the samples in a pool of sandbox workers, longest first where the reference's time is
+    known, appending each verdict to a journal (OUT.partial) as it arrives; a sample that times out
+    under its task's calibrated limit is run once more, alone, at the end, before it counts as a timeout;
  4. write OUT in input order (temporary file + rename), remove the journal, print a JSON summary.
 `--resume` continues from the journal of a killed run without redoing finished samples.
 """
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import hashlib
 import json
@@ -28,6 +32,7 @@ from codelm.errors import CodelmError, DataError, warn
 from codelm.files import atomic_write, iter_jsonl, write_jsonl
 from codelm.evaluate import passk
 from codelm.evaluate.benchmarks import load_benchmark
+from codelm.evaluate.refcache import ReferenceCache
 from codelm.evaluate.sandbox import Limits, SandboxConfig, SandboxError, SandboxPool, describe_weakness
 
 TIME_FACTOR = 4.0  # a task's CPU limit is this many times its reference solution's, at least --timeout
@@ -105,8 +110,13 @@ class Journal:
         atomic_write(self.path, "\n".join(lines) + "\n")
 
     def add(self, index: int, row: dict) -> None:
-        self.done[index] = row
-        self.file.write(json.dumps({"i": index, "row": row}, ensure_ascii=False) + "\n")
+        self.add_many([(index, row)])
+
+    def add_many(self, rows: list[tuple[int, dict]]) -> None:
+        """Record finished samples (a program's duplicates share one verdict), in one write."""
+        for index, row in rows:
+            self.done[index] = row
+        self.file.write("".join(json.dumps({"i": index, "row": row}, ensure_ascii=False) + "\n" for index, row in rows))
         self.file.flush()  # in the OS's hands: survives the process being killed
 
     def finish(self, out_path: Path, n: int) -> list[dict]:
@@ -130,10 +140,15 @@ class Journal:
 def score(benchmark_name: str, samples_path: str | os.PathLike, out_path: str | os.PathLike | None = None,
           workers: int | None = None, timeout: float | None = None, sandbox: str = "auto",
           data_dir: str | None = None, ks: str | list[int] = "1,10,100", resume: bool = False,
-          progress: bool = True) -> dict:
-    """Score a samples file; returns the summary (also written next to the results)."""
+          progress: bool = True, reference_cache: bool = True, early_exit: bool = True) -> dict:
+    """Score a samples file; returns the summary (also written next to the results).
+
+    `reference_cache`: read and write HumanEval+/MBPP+ reference results on disk (codelm.evaluate.refcache).
+    `early_exit` False: HumanEval+/MBPP+ samples run every input even after a wrong one (same verdicts; tests)."""
     started = time.monotonic()
     benchmark = load_benchmark(benchmark_name, data_dir)
+    if hasattr(benchmark, "early_exit"):
+        benchmark.early_exit = early_exit
     samples_path = Path(samples_path)
     ks = passk.parse_ks(ks)
     floor = 3.0 if timeout is None else float(timeout)
@@ -156,7 +171,8 @@ def score(benchmark_name: str, samples_path: str | os.PathLike, out_path: str | 
     journal.open(resume)
     try:
         with SandboxPool(workers=workers or os.cpu_count() or 1, config=config) as pool:
-            extra = _run(benchmark, samples, journal, pool, floor, progress)
+            extra = _run(benchmark, samples, journal, pool, floor, progress,
+                         ReferenceCache.for_benchmark(benchmark, enabled=reference_cache))
             extra["sandbox"] = pool.mode
             weaknesses = describe_weakness(pool.isolation)
             if weaknesses:
@@ -180,11 +196,34 @@ def _finished(out_path: Path, samples: list[dict]) -> bool:
                                              for r, s in zip(rows, samples))
 
 
-def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, progress: bool) -> dict:
-    """Score the samples the journal lacks; returns run statistics for the summary."""
-    from tqdm import tqdm
+def program_key(sample: dict, job) -> bytes:
+    """What makes a sample's job: two samples with the same key run the same program on the same tests."""
+    if hasattr(job, "stages"):  # a Python job
+        identity = [sample["key"], job.stages, job.checker, job.needs, job.files, job.int_max_str_digits]
+    else:  # a command job (MultiPL-E): its steps and the files they start from
+        identity = [sample["key"], [s.argv for s in job.steps], job.files]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")).digest()
+
+
+def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, progress: bool,
+         cache: ReferenceCache) -> dict:
+    """Score the samples the journal lacks; returns run statistics for the summary.
+
+    Each distinct (task, program) runs once and its verdict is copied to its duplicates (at low
+    temperature many of a task's samples are the same program); the longest jobs start first."""
+    if progress:
+        from tqdm import tqdm
+    else:
+        tqdm = _NoBar
+
+    def job_of(i):
+        return benchmark.sample_job(benchmark.problems[samples[i]["key"]], samples[i]["fields"])
 
     pending = [i for i in range(len(samples)) if i not in journal.done]
+    groups: dict[int, list[int]] = {}  # first sample of a program -> every pending sample of it
+    first_of: dict[bytes, int] = {}  # (jobs are built again when submitted: 200,000 kept would weigh)
+    for i in pending:
+        groups.setdefault(first_of.setdefault(program_key(samples[i], job_of(i)), i), []).append(i)
     task_ids = list(dict.fromkeys(samples[i]["key"] for i in pending))
     for key, (kind, payload) in benchmark.definitions(task_ids).items():
         if kind == "module":
@@ -192,19 +231,24 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
         else:
             pool.define_value(key, payload, packed=True)
     _canary(pool)
-    calibration = Calibration(benchmark, pool, floor)
+    calibration = Calibration(benchmark, pool, floor, cache)
     calibrated = getattr(benchmark, "calibrated", True)
     bar = tqdm(total=len(pending), desc=f"scoring {benchmark.name}", unit="sample", disable=not progress)
     in_flight: dict[concurrent.futures.Future, tuple] = {}
     completed: queue.SimpleQueue = queue.SimpleQueue()  # futures, as they finish
     waiting: dict[str, list[tuple]] = {}  # task -> (sample, CPU limit it last ran with) awaiting calibration
     lone_reruns: list[int] = []
+    counts = {"sample_jobs": 0, "sample_cpu": 0.0, "reference_cpu": 0.0}  # jobs run, their CPU seconds
 
     def finish(i, result):
-        row = dict(samples[i]["fields"])
-        row.update(benchmark.row_fields(result))
-        journal.add(i, row)
-        bar.update()
+        fields = benchmark.row_fields(result)
+        rows = []
+        for j in groups[i]:
+            row = dict(samples[j]["fields"])
+            row.update(fields)
+            rows.append((j, row))
+        journal.add_many(rows)
+        bar.update(len(rows))
 
     def track(future, what):
         in_flight[future] = what
@@ -215,28 +259,39 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
         if benchmark.has_base and task_id in calibration.broken:
             finish(i, _unchecked(calibration.broken[task_id]))
             return
-        job = benchmark.sample_job(benchmark.problems[task_id], samples[i]["fields"])
+        job = job_of(i)
+        counts["sample_jobs"] += 1
         if not calibrated:  # fixed limits of its own (MultiPL-E's compile and run steps)
             track(pool.submit(job), ("sample", i, None))
             return
         limits = calibration.limits(task_id)
-        track(pool.submit(replace(job, limits=limits)), ("sample", i, limits.cpu_seconds))
+        track(pool.submit(replace(job, limits=limits), priority=calibration.cpu.get(task_id, 0.0)),
+              ("sample", i, limits.cpu_seconds))
+
+    def start_reference(task_id):
+        future = calibration.start(task_id)
+        if future is not None:
+            track(future, ("reference", task_id, None))
 
     def wait_for_calibration(i, task_id, cpu_then):
         if task_id not in waiting:
             waiting[task_id] = []
-            track(calibration.start(task_id), ("reference", task_id, None))
+            start_reference(task_id)
         waiting[task_id].append((i, cpu_then))
 
-    # EvalPlus needs every task's reference outputs before its samples can be checked; other
-    # benchmarks time a task's reference only when one of its samples exceeds the floor (below it,
-    # a larger limit cannot change a verdict), then retry that sample under the calibrated limit.
-    # A sample that times out under its calibrated limit runs once more, alone, at the end.
+    # EvalPlus needs every task's reference outputs before its samples can be checked (read from
+    # the cache where it has them); other benchmarks time a task's reference only when one of its
+    # samples exceeds the floor (below it, a larger limit cannot change a verdict), then retry that
+    # sample under the calibrated limit. A sample that times out under its calibrated limit runs
+    # once more, alone, at the end.
     if benchmark.has_base:
         for task_id in task_ids:
-            waiting[task_id] = []
-            track(calibration.start(task_id), ("reference", task_id, None))
-    to_submit = iter(pending)
+            if not calibration.from_cache(task_id):
+                waiting[task_id] = []
+                start_reference(task_id)
+    # Longest processing time first, where the reference's time tells it (a stable sort: input order otherwise).
+    order = sorted(groups, key=lambda i: -calibration.cpu.get(samples[i]["key"], 0.0))
+    to_submit = iter(order)
     window = 16 * len(pool.workers)
     while True:
         while len(in_flight) < window:
@@ -252,7 +307,9 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
         future = completed.get()
         kind, item, cpu_used = in_flight.pop(future)
         if kind == "reference":
-            calibration.finish(item, future.result())
+            result = future.result()
+            counts["reference_cpu"] += result.cpu_seconds
+            calibration.finish(item, result)
             for i, cpu_then in waiting.pop(item):
                 if cpu_then is None or calibration.limits(item).cpu_seconds > cpu_then:
                     submit(i)
@@ -260,6 +317,7 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
                     lone_reruns.append(i)
             continue
         result, task_id = future.result(), samples[item]["key"]
+        counts["sample_cpu"] += _cpu_seconds(result)
         if not _timed_out(result):
             finish(item, result)
         elif not calibrated:
@@ -272,13 +330,37 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
             lone_reruns.append(item)
     for i in sorted(lone_reruns):  # alone: nothing else runs in the pool now
         task_id = samples[i]["key"]
-        job = benchmark.sample_job(benchmark.problems[task_id], samples[i]["fields"])
-        finish(i, pool.run(replace(job, limits=calibration.limits(task_id)) if calibrated else job))
+        job = job_of(i)
+        counts["sample_jobs"] += 1
+        result = pool.run(replace(job, limits=calibration.limits(task_id)) if calibrated else job)
+        counts["sample_cpu"] += _cpu_seconds(result)
+        finish(i, result)
     bar.close()
     for task_id, reason in calibration.broken.items():
         warn(f"the reference solution of {task_id} fails here ({reason})")
-    return {"timeouts_rerun": len(lone_reruns), "reference_failures": calibration.broken,
-            "calibrated_tasks": len(calibration.done)}
+    stats = {"timeouts_rerun": len(lone_reruns), "reference_failures": calibration.broken,
+             "calibrated_tasks": len(calibration.done), "distinct_programs": len(groups),
+             "sample_jobs": counts["sample_jobs"], "reference_jobs": calibration.jobs,
+             # CPU seconds of the programs themselves (sandboxed children), the rest being harness
+             "jobs_cpu_s": {"samples": round(counts["sample_cpu"], 2), "references": round(counts["reference_cpu"], 2)}}
+    if benchmark.has_base:
+        stats["reference_cached"] = calibration.cached
+        if cache.rejected:
+            stats["reference_cache_rejected"] = len(cache.rejected)
+    return stats
+
+
+class _NoBar:
+    """tqdm's interface, doing nothing (and not importing tqdm) when no progress is shown."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
 
 
 class Calibration:
@@ -286,34 +368,63 @@ class Calibration:
     address-space allowance of max(default, MEMORY_FACTOR x the reference's peak memory).
 
     Assert-based benchmarks time a reference only when one of its samples exceeds the floor
-    (below it, a larger limit cannot change a verdict); EvalPlus times all, with its outputs."""
+    (below it, a larger limit cannot change a verdict); EvalPlus times all, with its outputs, and
+    keeps both in the on-disk reference cache."""
 
-    def __init__(self, benchmark, pool: SandboxPool, floor: float):
+    def __init__(self, benchmark, pool: SandboxPool, floor: float, cache: ReferenceCache | None = None):
         self.benchmark, self.pool, self.floor = benchmark, pool, floor
+        self.cache = cache or ReferenceCache(None)
         self.cpu: dict[str, float] = {}
         self.rss_mb: dict[str, float] = {}
         self.done: set[str] = set()
         self.broken: dict[str, str] = {}
+        self.jobs = 0  # reference jobs run in the sandbox
+        self.cached = 0  # references read from the cache instead
+
+    def from_cache(self, task_id: str) -> bool:
+        """Take the task's reference results from the cache, if it holds them (EvalPlus only)."""
+        entry = self.cache.get(task_id) if self.benchmark.has_base else None
+        if entry is None:
+            return False
+        self.cached += 1
+        self._accept(task_id, entry["payload"], entry["cpu_seconds"], entry["max_rss_mb"])
+        return True
 
     def start(self, task_id: str) -> concurrent.futures.Future:
         job = self.benchmark.reference_job(self.benchmark.problems[task_id])
-        return self.pool.submit(replace(job, limits=REFERENCE_LIMITS))
+        self.jobs += 1
+        return self.pool.submit(replace(job, limits=REFERENCE_LIMITS), priority=float("inf"))
 
     def finish(self, task_id: str, result) -> None:
-        self.done.add(task_id)
         if result.status == "passed":
-            self.cpu[task_id] = result.cpu_seconds
-            self.rss_mb[task_id] = result.max_rss_mb
-            for key, (kind, payload) in self.benchmark.accept_reference(self.benchmark.problems[task_id],
-                                                                        result).items():
-                self.pool.define_value(key, payload, packed=True)
+            payload = result.result
+            if self.benchmark.has_base and isinstance(payload, str):
+                payload = base64.b64decode(payload)  # zygote.pack's text: decoded once, here
+                self.cache.put(task_id, payload, result.cpu_seconds, result.max_rss_mb)
+            self._accept(task_id, payload, result.cpu_seconds, result.max_rss_mb)
         else:
+            self.done.add(task_id)
             self.broken[task_id] = result.reason if result.status == "failed" else result.status
+
+    def _accept(self, task_id: str, payload, cpu_seconds: float, max_rss_mb: float) -> None:
+        self.done.add(task_id)
+        self.cpu[task_id] = cpu_seconds
+        self.rss_mb[task_id] = max_rss_mb
+        problem = self.benchmark.problems[task_id]
+        for key, (kind, value) in self.benchmark.accept_reference(problem, _Reference(payload)).items():
+            self.pool.define_value(key, value, packed=True)
 
     def limits(self, task_id: str) -> Limits:
         cpu = max(self.floor, TIME_FACTOR * self.cpu.get(task_id, 0.0))
         memory = max(Limits.memory_mb, int(MEMORY_FACTOR * self.rss_mb.get(task_id, 0.0)))
         return Limits(cpu_seconds=cpu, wall_seconds=3 * cpu + 2, memory_mb=memory)
+
+
+class _Reference:
+    """What accept_reference reads of a reference job's result: its checker's return value."""
+
+    def __init__(self, result):
+        self.result = result
 
 
 def _canary(pool: SandboxPool) -> None:
@@ -325,6 +436,11 @@ def _canary(pool: SandboxPool) -> None:
     if result.status != "passed":
         raise SandboxError(f"the sandbox cannot run a trivial Python program here ({result.reason}); "
                            "no sample was scored")
+
+
+def _cpu_seconds(result) -> float:
+    """CPU seconds of a Python job's result, or of every step of a command job."""
+    return sum(r.cpu_seconds for r in result) if isinstance(result, list) else result.cpu_seconds
 
 
 def _timed_out(result) -> bool:

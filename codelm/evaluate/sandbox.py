@@ -24,10 +24,13 @@ run a single job in a short-lived pool. The in-sandbox half lives in codelm/eval
 
 from __future__ import annotations
 
+import base64
 import collections
 import concurrent.futures
 import errno
+import itertools
 import json
+import marshal
 import os
 import queue
 import select
@@ -37,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from codelm.errors import CodelmError
@@ -77,10 +80,10 @@ class Limits:
     env: dict = field(default_factory=dict)  # added to the scrubbed environment
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        if data["wall_seconds"] is None:
-            data["wall_seconds"] = 3 * self.cpu_seconds + 2
-        return data
+        return {"cpu_seconds": self.cpu_seconds,  # written out: dataclasses.asdict costs more than the rest of a frame
+                "wall_seconds": 3 * self.cpu_seconds + 2 if self.wall_seconds is None else self.wall_seconds,
+                "memory_mb": self.memory_mb, "processes": self.processes, "file_size_mb": self.file_size_mb,
+                "open_files": self.open_files, "output_bytes": self.output_bytes, "env": dict(self.env)}
 
 
 @dataclass
@@ -187,9 +190,10 @@ def describe_weakness(isolation: Isolation) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- framing (harness side)
-def _frame_bytes(frame: dict) -> bytes:
+def _frame_bytes(frame: dict, raw: bytes = b"") -> bytes:
+    """A frame; `raw` bytes follow it as they are when the frame says {"raw": len(raw)} (a value's marshal)."""
     data = json.dumps(frame, ensure_ascii=False).encode("utf-8", "surrogatepass")
-    return struct.pack(">I", len(data)) + data
+    return struct.pack(">I", len(data)) + data + raw
 
 
 # ----------------------------------------------------------------------------- one worker
@@ -237,9 +241,9 @@ class Worker:
         except (OSError, ValueError):
             return "(stderr unavailable)"
 
-    def send(self, frame: dict) -> None:
+    def send(self, frame: dict, raw: bytes = b"") -> None:
         """Write a frame, reading answers into the inbox meanwhile (the zygote may be writing one)."""
-        data = memoryview(_frame_bytes(frame))
+        data = memoryview(_frame_bytes(frame, raw))
         stdin, stdout = self.process.stdin.fileno(), self.process.stdout.fileno()
         while data:
             readable, writable, _ = select.select([stdout], [stdin], [], 60)
@@ -289,7 +293,10 @@ class Worker:
                 self.defined[key] = self.defined.pop(key)  # most recently used last
             else:
                 kind, payload = definitions[key]
-                self.send({"op": "put", "key": key, "kind": kind, "payload": payload})
+                if kind == "value":  # marshal bytes, sent raw after the frame: no base64, no JSON string
+                    self.send({"op": "put", "key": key, "kind": kind, "raw": len(payload)}, payload)
+                else:
+                    self.send({"op": "put", "key": key, "kind": kind, "payload": payload})
                 self.defined[key] = kind
         values = [k for k, kind in self.defined.items() if kind == "value" and k not in keys]
         excess = len(values) + sum(1 for k in keys if self.defined.get(k) == "value") - keep_values
@@ -415,6 +422,27 @@ def namespaces_available() -> tuple[bool, str]:
 
 
 # ----------------------------------------------------------------------------- the pool
+RETRY_PRIORITY = float("inf")  # a job handed back by a dead worker goes first
+
+
+class _JobQueue:
+    """The pool's queue: jobs by priority (highest first, then FIFO); None (stop) after every job."""
+
+    def __init__(self):
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._count = itertools.count()
+
+    def put(self, item, priority: float = 0.0) -> None:
+        key = (1, 0.0) if item is None else (0, -float(priority))
+        self._queue.put((key, next(self._count), item))
+
+    def get(self, block: bool = True):
+        return self._queue.get(block=block)[2]
+
+    def get_nowait(self):
+        return self._queue.get_nowait()[2]
+
+
 class SandboxPool:
     """N workers running jobs in parallel. Use as a context manager, or call close()."""
 
@@ -424,7 +452,7 @@ class SandboxPool:
         first = open_worker(self.config, mode or self.config.mode)  # fails here, not in a thread
         self.mode, self.isolation = first.mode, first.isolation
         self.definitions: dict[str, tuple[str, object]] = {}
-        self.jobs: queue.Queue = queue.Queue()
+        self.jobs = _JobQueue()
         self.workers: list[Worker | None] = [None] * max(1, int(workers))
         self.threads = [threading.Thread(target=self._serve, args=(i,), daemon=True, name=f"sandbox-{i}")
                         for i in range(len(self.workers))]
@@ -441,14 +469,21 @@ class SandboxPool:
     def define_value(self, key: str, value, packed: bool = False) -> None:
         """Ship a value (tuples, sets, bytes kept) to every worker once; checker args refer to it as {"$ref": key}.
 
-        `packed`: `value` is already the text of zygote.pack (a reference job's checker result)."""
-        self.definitions[key] = ("value", value if packed else _zygote.pack(value))
+        `packed`: `value` is already packed: the text of zygote.pack (a reference job's checker
+        result) or marshal bytes (the reference cache)."""
+        if not packed:
+            value = marshal.dumps(value)
+        elif isinstance(value, str):
+            value = base64.b64decode(value)
+        self.definitions[key] = ("value", value)
 
-    def submit(self, job: PythonJob | CommandJob) -> concurrent.futures.Future:
+    def submit(self, job: PythonJob | CommandJob, priority: float = 0.0) -> concurrent.futures.Future:
+        """Queue a job; waiting jobs start highest `priority` first, in submission order among equals
+        (a scorer gives its longest jobs the highest, so the workers finish together)."""
         if self.closed:
             raise RuntimeError("the sandbox pool is closed")
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self.jobs.put((job, future))
+        self.jobs.put((job, future), priority)
         return future
 
     def run(self, job: PythonJob | CommandJob):
@@ -497,6 +532,16 @@ class SandboxPool:
 
     # ------------------------------------------------------------------ worker threads
     def _serve(self, index: int) -> None:
+        try:
+            self._serve_jobs(index)
+        finally:
+            # Closed by this thread: a worker it started has PR_SET_PDEATHSIG tied to it, and would be
+            # killed, not closed, when the thread ends (its processes then escape our CPU accounting).
+            worker = self.workers[index]
+            if worker is not None:
+                worker.close()
+
+    def _serve_jobs(self, index: int) -> None:
         """Feed one worker. Up to PIPELINE jobs are sent ahead, so the zygote starts the next job as
         soon as one ends instead of waiting for this thread to be scheduled (on a busy machine that
         wait, not the work, would set the pace)."""
@@ -581,7 +626,7 @@ class SandboxPool:
         for position, (job, future, attempts, _) in enumerate(outstanding):
             attempts += position == 0
             if attempts < 2:
-                self.jobs.put((job, future, attempts))
+                self.jobs.put((job, future, attempts), RETRY_PRIORITY)
             elif isinstance(job, PythonJob):
                 future.set_result(RunResult(status="failed", reason="sandbox worker died"))
             else:

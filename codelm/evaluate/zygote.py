@@ -17,7 +17,7 @@ process left in the namespace, so nothing outlives a job. Each worker gets its o
 In "rlimits" and "none" modes the boot process is the zygote (a child subreaper instead of PID 1).
 
 Protocol: fd 0 carries frames in, fd 1 frames out; a frame is a 4-byte big-endian length and
-UTF-8 JSON. The first frame out is a "hello" describing the isolation obtained. Frames in are
+UTF-8 JSON; a "put" frame of a value saying {"raw": n} is followed by the value's n marshal bytes. The first frame out is a "hello" describing the isolation obtained. Frames in are
 handled in order: "put" and "drop" (checker modules and values kept between jobs) get no answer;
 "python", "command" and "ping" get exactly one each, so the harness may send jobs ahead.
 
@@ -420,6 +420,7 @@ class Zygote:
         # Exposed paths below /tmp are mount points of the sandbox, not leftovers of a job.
         self.mount_points = {os.path.join("/tmp", n) for n in os.listdir("/tmp")} if self.mode == "namespaces" else set()
         self.pidfd_ok = hasattr(os, "pidfd_open")
+        self.hard_limits = {}  # resource -> this process's hard limit
 
     # ------------------------------------------------------------------ main loop
     def serve(self):
@@ -439,6 +440,8 @@ class Zygote:
         while True:
             try:
                 job = read_frame(0)
+                if "raw" in job:  # a value's marshal bytes follow the frame
+                    job["raw"] = read_exact(0, int(job["raw"]))
             except EOFError:
                 return
             op = job.get("op")
@@ -470,6 +473,8 @@ class Zygote:
                 namespace = {"__name__": job["key"], "pack": pack}
                 exec(compile(job["payload"], job["key"], "exec", dont_inherit=True, optimize=0), namespace)
                 self.store[job["key"]] = namespace
+            elif "raw" in job:
+                self.store[job["key"]] = marshal.loads(job["raw"])
             else:
                 self.store[job["key"]] = unpack(job["payload"])
         except Exception as e:
@@ -782,7 +787,9 @@ class Zygote:
             settings.append((resource.RLIMIT_AS, size, size))
         capped = []
         for which, soft, hard in settings:
-            _, current_hard = resource.getrlimit(which)
+            current_hard = self.hard_limits.get(which)
+            if current_hard is None:  # only this process could lower it, and it never does: asked once
+                current_hard = self.hard_limits[which] = resource.getrlimit(which)[1]
             if current_hard != resource.RLIM_INFINITY:
                 soft, hard = min(soft, current_hard), min(hard, current_hard)
             capped.append((which, soft, hard))
@@ -950,6 +957,7 @@ def main():
         Zygote(config, isolation).serve()
     except BrokenPipeError:
         pass
+    os._exit(0)  # nothing left to flush (the protocol is unbuffered): skip tearing down the heap
 
 
 if __name__ == "__main__":

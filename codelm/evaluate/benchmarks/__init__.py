@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from codelm.benchdata import files
 from codelm.benchdata.problems import (BENCHMARKS, check_name, list_benchmarks, load_problems,  # noqa: F401
                                        mbpp_task_id, load_multipl_e)
 from codelm.evaluate.benchmarks.evalplus import EvalPlusBenchmark
@@ -26,7 +27,7 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None):
     key = check_name(name)
     problems = load_problems(key, data_dir)
     if key in ("humaneval+", "mbpp+"):
-        return EvalPlusBenchmark(key, problems)
+        return EvalPlusBenchmark(key, problems, data_sha256=files.sha256_of(files.locate(key, data_dir)))
     if key == "mbpp":
         return MbppBenchmark(key, problems)
     return AssertBenchmark(key, problems)

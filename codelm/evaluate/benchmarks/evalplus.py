@@ -2,13 +2,16 @@
 
 Per task, a reference job computes the expected outputs inside the sandbox (and times the
 reference, which sets the task's time limit); they are shipped to the workers once. A sample job
-then runs the checker of evalplus_check.py against them: it reports "base" when the original
-inputs pass and finishes only when the extra ("plus") inputs pass too. `passed` is base and plus,
+then runs the checker of evalplus_check.py against them: it stops at the first wrong input (the
+verdict is known then), reports "base" when the original inputs pass and finishes only when the
+extra ("plus") inputs pass too. Reference results are cached on disk (codelm.evaluate.refcache). `passed` is base and plus,
 `base_passed` the base tests alone, as EvalPlus reports them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import marshal
 from pathlib import Path
 
 from codelm.evaluate.benchmarks.mbpp import mbpp_number
@@ -16,6 +19,9 @@ from codelm.evaluate.sandbox import PythonJob, RunResult
 
 CHECKER_KEY = "evalplus_check"
 CHECKER_SOURCE = (Path(__file__).parent / "evalplus_check.py").read_text(encoding="utf-8")
+# What the cached reference outputs depend on besides the data: the checker and the input
+# conversions of this module (codelm.evaluate.refcache).
+CHECKER_FINGERPRINT = hashlib.sha256(CHECKER_SOURCE.encode() + b"\0" + Path(__file__).read_bytes()).hexdigest()
 
 
 def _tuples(x):
@@ -53,10 +59,16 @@ _MBPP_INPUT_TYPES.update({
 class EvalPlusBenchmark:
     has_base = True
 
-    def __init__(self, name: str, problems: list[dict]):
+    def __init__(self, name: str, problems: list[dict], data_sha256: str | None = None):
         self.name = name
         self.dataset = "mbpp" if name == "mbpp+" else "humaneval"
         self.problems = {p["task_id"]: p for p in problems}
+        # A sample stops at its first wrong input (its verdict is then known); False runs every
+        # input of both parts first, for tests that the early exit changes no verdict.
+        self.early_exit = True
+        # Keys the on-disk cache of reference outputs (None: not cached).
+        self.reference_identity = None if data_sha256 is None else \
+            {"data_sha256": data_sha256, "checker": CHECKER_FINGERPRINT}
 
     def task_key(self, raw) -> str | None:
         if self.dataset == "mbpp":
@@ -73,11 +85,9 @@ class EvalPlusBenchmark:
         return {"base": base, "plus": plus}
 
     def definitions(self, task_ids) -> dict:
-        from codelm.evaluate.zygote import pack
-
         found = {CHECKER_KEY: ("module", CHECKER_SOURCE)}
         for task_id in task_ids:
-            found[f"inputs:{task_id}"] = ("value", pack(self.inputs(self.problems[task_id])))
+            found[f"inputs:{task_id}"] = ("value", marshal.dumps(self.inputs(self.problems[task_id])))
         return found
 
     def code_of(self, sample: dict) -> str:
@@ -106,7 +116,8 @@ class EvalPlusBenchmark:
             checker={"module": CHECKER_KEY, "function": "check",
                      "args": {"entry_point": problem["entry_point"], "dataset": self.dataset,
                               "atol": problem.get("atol") or 0,
-                              "inputs": {"$ref": f"inputs:{task_id}"}, "expected": {"$ref": f"expected:{task_id}"}}},
+                              "inputs": {"$ref": f"inputs:{task_id}"}, "expected": {"$ref": f"expected:{task_id}"},
+                              **({} if self.early_exit else {"early_exit": False})}},
             needs=(CHECKER_KEY, f"inputs:{task_id}", f"expected:{task_id}"),
             int_max_str_digits=0)
 

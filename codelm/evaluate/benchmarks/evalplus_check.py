@@ -38,15 +38,38 @@ def reference_outputs(namespace, report, entry_point, inputs, output_not_none=Fa
     return pack(outputs)  # noqa: F821 - injected by the zygote
 
 
-def check(namespace, report, entry_point, dataset, atol, inputs, expected):
+def check(namespace, report, entry_point, dataset, atol, inputs, expected, early_exit=True):
+    """Pass when every input of both parts gives the expected output; report "base" once the base
+    part has. With early_exit (the default) the first wrong input, or exception, ends the check:
+    the verdict is known then (a wrong base input fails both parts). early_exit=False runs every
+    input of both parts first, then decides the same way (for tests of that equivalence)."""
     if entry_point not in namespace:
         raise NameError(f"the solution does not define {entry_point}")
     fn = namespace[entry_point]
+    if not early_exit:
+        return _check_everything(fn, report, entry_point, dataset, atol, inputs, expected)
     for part in PARTS:
         for i, (args, blob) in enumerate(zip(inputs[part], expected[part])):
             got = fn(*copy.deepcopy(args))
             if not matches(dataset, entry_point, args, got, _unblob(blob), atol):
                 raise AssertionError(f"wrong output for {part} input #{i}")
+        report(part, True)
+    return {part: True for part in PARTS}
+
+
+def _check_everything(fn, report, entry_point, dataset, atol, inputs, expected):
+    first_failure = {}  # part -> the exception that failed its first wrong input
+    for part in PARTS:
+        for i, (args, blob) in enumerate(zip(inputs[part], expected[part])):
+            try:
+                got = fn(*copy.deepcopy(args))
+                if not matches(dataset, entry_point, args, got, _unblob(blob), atol):
+                    raise AssertionError(f"wrong output for {part} input #{i}")
+            except Exception as e:  # noqa: BLE001 - recorded; the other inputs still run
+                first_failure.setdefault(part, e)
+    for part in PARTS:
+        if part in first_failure:
+            raise first_failure[part]
         report(part, True)
     return {part: True for part in PARTS}
 
