@@ -183,9 +183,12 @@ def _add_score(sub):
 
 
 def _run_score(args):
+    import json
+
     from codelm.evaluate.runner import score_main
 
-    return score_main(args)
+    print(json.dumps(score_main(**_settings(args), progress=sys.stderr.isatty()), indent=1))
+    return 0
 
 
 # -------------------------------------------------------------------- train

@@ -23,13 +23,12 @@ import hashlib
 import json
 import os
 import queue
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from codelm.errors import CodelmError, DataError, warn
-from codelm.files import atomic_write, iter_jsonl, write_jsonl
+from codelm.files import claim_output, mark_output, atomic_write, iter_jsonl, write_jsonl
 from codelm.evaluate import passk
 from codelm.evaluate.benchmarks import load_benchmark
 from codelm.evaluate.refcache import ReferenceCache
@@ -494,26 +493,23 @@ def _summarize(benchmark, samples, rows, ks, extra, summary_path: Path, out_path
     return summary
 
 
-def score_main(args) -> int:
-    """Entry point of `codelm score` (see codelm/cli.py for the flags)."""
+def score_main(benchmark: str, samples: str, *, out: str | None = None, workers: int | None = None,
+               timeout: float | None = None, sandbox: str = "auto", data_dir: str | None = None, k: str = "1,10,100",
+               resume: bool = False, force: bool = False, progress: bool = False) -> dict:
+    """`codelm score` (flags in codelm/cli.py): the outputs claimed first (never what codelm did not
+    write, never the samples themselves), then the samples scored; returns the summary."""
     try:
-        ks = passk.parse_ks(args.k)
+        ks = passk.parse_ks(k)
     except ValueError as e:
         raise CodelmError(str(e)) from None
-    if args.workers is not None and args.workers < 1:
-        raise CodelmError(f"--workers must be at least 1, got {args.workers}")
-    # Never overwrite what codelm did not write (the samples themselves above all): checked before scoring.
-    from codelm.files import claim_output, mark_output
-
-    out = Path(args.out) if args.out else Path(str(args.samples) + "_results.jsonl")
-    summary_out = out.with_name(out.name.removesuffix(".jsonl") + "_summary.json")
-    for path in (out, summary_out):
-        claim_output(path, "score-results", folder=False, force=getattr(args, "force", False), inputs=[args.samples],
-                     what="results file")
-    summary = score(args.benchmark, args.samples, out_path=out, workers=args.workers, timeout=args.timeout,
-                    sandbox=args.sandbox, data_dir=args.data_dir, ks=ks, resume=args.resume,
-                    progress=sys.stderr.isatty())
-    for path in (out, summary_out):
+    if workers is not None and workers < 1:
+        raise CodelmError(f"--workers must be at least 1, got {workers}")
+    out_path = Path(out) if out else Path(str(samples) + "_results.jsonl")
+    summary_out = out_path.with_name(out_path.name.removesuffix(".jsonl") + "_summary.json")
+    for path in (out_path, summary_out):
+        claim_output(path, "score-results", folder=False, force=force, inputs=[samples], what="results file")
+    summary = score(benchmark, samples, out_path=out_path, workers=workers, timeout=timeout, sandbox=sandbox,
+                    data_dir=data_dir, ks=ks, resume=resume, progress=progress)
+    for path in (out_path, summary_out):
         mark_output(path, "score-results")
-    print(json.dumps(summary, indent=1))
-    return 0
+    return summary
