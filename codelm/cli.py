@@ -337,13 +337,14 @@ def _add_report(sub):
     p.add_argument("run_dir", help="a run folder of codelm eval, or a folder of run folders")
     p.add_argument("--compare", default=None, help="another run (folder) or 'paper'")
     p.add_argument("--paper-model", default="Code Llama 7B", help="the paper's row to compare with (default: %(default)s)")
+    _add_force(p, "a suite.md, suite.json or multipl_e.png in RUN_DIR")
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args):
     from codelm.evaluate.report import report_main
 
-    print(report_main(args.run_dir, compare=args.compare, paper_model=args.paper_model))
+    print(report_main(args.run_dir, compare=args.compare, paper_model=args.paper_model, force=args.force))
     return 0
 
 

@@ -127,3 +127,17 @@ def test_unfinished_or_missing_runs_are_refused(tmp_path):
         report.load_run(tmp_path)
     with pytest.raises(CodelmError, match="neither"):
         report.run_folders(tmp_path / "empty")
+
+
+def test_a_suite_report_never_replaces_a_file_codelm_did_not_write(runs, capsys):
+    """`codelm report DIR` writes DIR/suite.md: a suite.md of the user's is refused (one line, exit 2,
+    untouched) unless --force; codelm's own earlier suite.md is rewritten without it."""
+    mine = runs / "suite" / "suite.md"
+    mine.write_text("my notes\n")
+    assert main(["report", str(runs / "suite")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "suite.md" in err[0] and "--force" in err[0]
+    assert mine.read_text() == "my notes\n"
+    assert main(["report", str(runs / "suite"), "--force"]) == 0
+    assert mine.read_text().startswith("# Evaluation suite")
+    assert main(["report", str(runs / "suite")]) == 0  # its own earlier output

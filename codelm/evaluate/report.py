@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from codelm.errors import CodelmError
-from codelm.files import atomic_write, pyplot, save_figure
+from codelm.files import atomic_write, claim_output, mark_output, pyplot, save_figure
 
 # Reference doc §5.2 (Table 2), §5.3 (Table 4), §5.5 (Table 12), §5.6 (Table 14: the released, LCFT models).
 # Values in percent; keys are codelm benchmark names and pass@k.
@@ -208,9 +208,15 @@ def scores_of(path) -> dict[str, dict[str, float]]:
     return out
 
 
-def write_suite(path) -> dict:
-    """suite.json, suite.md and, with MultiPL-E runs, multipl_e.png (pass@1 per language)."""
+SUITE_FILES = ("suite.md", "suite.json", "multipl_e.png")
+
+
+def write_suite(path, force: bool = False) -> dict:
+    """suite.json, suite.md and, with MultiPL-E runs, multipl_e.png (pass@1 per language). Files of those
+    names that codelm did not write are refused first (replaced with `force`)."""
     path = Path(path)
+    for name in SUITE_FILES:
+        claim_output(path / name, "suite-report", folder=False, force=force, what="suite report")
     scores = scores_of(path)
     ks = sorted({k for s in scores.values() for k in s}, key=lambda k: int(k.split("@")[1]))
     lines = ["# Evaluation suite", "", "| benchmark | " + " | ".join(ks) + " |", "|---|" + "---|" * len(ks)]
@@ -230,6 +236,8 @@ def write_suite(path) -> dict:
         lines += ["", "![MultiPL-E pass@1 per language](multipl_e.png)"]
     atomic_write(path / "suite.md", "\n".join(lines) + "\n")
     atomic_write(path / "suite.json", json.dumps({"scores": scores, "plots": plots}, indent=1) + "\n")
+    for name in ["suite.md", "suite.json", *plots]:
+        mark_output(path / name, "suite-report")
     return {"scores": scores, "plots": plots}
 
 
@@ -247,14 +255,14 @@ def compare_table(mine: dict, other: dict, mine_name: str, other_name: str, othe
     return "\n".join(lines)
 
 
-def report_main(run_dir, *, compare: str | None = None, paper_model: str = "Code Llama 7B") -> str:
+def report_main(run_dir, *, compare: str | None = None, paper_model: str = "Code Llama 7B", force: bool = False) -> str:
     """`codelm report RUN_DIR [--compare OTHER | paper] [--paper-model NAME]`: rebuilds the reports of the run
     folder(s) and returns the comparison table (the command line prints it)."""
     folders = run_folders(run_dir)
     for folder in folders:
         write_report(folder)
     if len(folders) > 1:
-        write_suite(run_dir)
+        write_suite(run_dir, force=force)
     mine = scores_of(run_dir)
     if compare is None:
         return compare_table(mine, {}, "this run", "–")
