@@ -35,3 +35,25 @@ def test_iter_jsonl_names_the_line(tmp_path):
     p.write_bytes(b'{"a": 1}\n\n[1]\n')
     with pytest.raises(DataError, match=r"x\.jsonl:3: expected a JSON object, got list"):
         list(iter_jsonl(p))
+
+
+def test_append_log_drops_a_torn_last_line_and_refuses_another_run(tmp_path):
+    from codelm.files import AppendLog
+
+    path = tmp_path / "log.jsonl"
+    log = AppendLog(path, {"run": 1}).open()
+    log.append({"i": 0})
+    log.append_many([{"i": 1}, {"i": 2}])
+    log.close()
+    with open(path, "a") as f:
+        f.write('{"i": 3')  # killed mid-line
+    again = AppendLog(path, {"run": 1})
+    items = again.read()
+    assert items == [{"i": 0}, {"i": 1}, {"i": 2}]
+    again.open(items)
+    again.append({"i": 3})
+    again.close()
+    assert path.read_text().splitlines() == ['{"run": 1}', '{"i": 0}', '{"i": 1}', '{"i": 2}', '{"i": 3}']
+    with pytest.raises(DataError, match="belongs to another run"):
+        AppendLog(path, {"run": 2}).read()
+    assert AppendLog(tmp_path / "none.jsonl", {"run": 1}).read() is None

@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from codelm.errors import CodelmError, DataError, warn
-from codelm.files import claim_output, mark_output, atomic_write, iter_jsonl, write_jsonl
+from codelm.files import AppendLog, atomic_write, claim_output, iter_jsonl, mark_output, write_jsonl
 from codelm.evaluate import passk
 from codelm.evaluate.benchmarks import load_benchmark
 from codelm.evaluate.refcache import ReferenceCache
@@ -67,46 +67,30 @@ def read_samples(path: Path, benchmark) -> list[dict]:
 
 # ----------------------------------------------------------------------------- the journal
 class Journal:
-    """Append-only record of finished samples, so a killed run can be resumed.
+    """Append-only record of finished samples (codelm.files.AppendLog), so a killed run can be resumed.
 
     Line 1 identifies the run (benchmark, samples file hash); each further line is one finished
     sample, {"i": index, "row": {...}}. A line cut short by a crash is dropped on resume."""
 
     def __init__(self, path: Path, header: dict):
-        self.path = path
-        self.header = header
+        self.log = AppendLog(path, header, "score journal",
+                             other_run="belongs to a different run (benchmark or samples file changed)")
+        self.path, self.header = self.log.path, header
         self.done: dict[int, dict] = {}
-        self.file = None
 
     def open(self, resume: bool) -> None:
-        if self.path.exists():
-            if not resume:
-                raise CodelmError(f"{self.path} holds an unfinished run: pass --resume to continue it, "
-                                  "or delete it to start over")
-            self._load()
-        self._rewrite()  # drops a torn last line before anything is appended
-        self.file = open(self.path, "a", encoding="utf-8")
-
-    def _load(self) -> None:
-        lines = self.path.read_text(encoding="utf-8", errors="replace").split("\n")
+        if self.path.exists() and not resume:
+            raise CodelmError(f"{self.path} holds an unfinished run: pass --resume to continue it, "
+                              "or delete it to start over")
         try:
-            header = json.loads(lines[0])
-        except (json.JSONDecodeError, IndexError):
-            raise CodelmError(f"{self.path}: not a codelm score journal; delete it to start over") from None
-        if header != self.header:
-            raise CodelmError(f"{self.path} belongs to a different run (benchmark or samples file changed); "
-                              "delete it to start over")
-        for line in lines[1:]:
-            try:
-                entry = json.loads(line)
-                self.done.setdefault(int(entry["i"]), entry["row"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # the torn last line of a killed run
-
-    def _rewrite(self) -> None:
-        lines = [json.dumps(self.header)] + [json.dumps({"i": i, "row": row}, ensure_ascii=False)
-                                             for i, row in sorted(self.done.items())]
-        atomic_write(self.path, "\n".join(lines) + "\n")
+            for entry in self.log.read() or []:
+                try:
+                    self.done.setdefault(int(entry["i"]), entry["row"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+        except DataError as e:
+            raise CodelmError(str(e)) from None
+        self.log.open({"i": i, "row": row} for i, row in sorted(self.done.items()))
 
     def add(self, index: int, row: dict) -> None:
         self.add_many([(index, row)])
@@ -115,8 +99,7 @@ class Journal:
         """Record finished samples (a program's duplicates share one verdict), in one write."""
         for index, row in rows:
             self.done[index] = row
-        self.file.write("".join(json.dumps({"i": index, "row": row}, ensure_ascii=False) + "\n" for index, row in rows))
-        self.file.flush()  # in the OS's hands: survives the process being killed
+        self.log.append_many({"i": index, "row": row} for index, row in rows)
 
     def finish(self, out_path: Path, n: int) -> list[dict]:
         """All n samples are done: write their rows in input order to out_path, then drop the journal."""
@@ -126,13 +109,10 @@ class Journal:
         return rows
 
     def remove(self) -> None:
-        self.close()
-        self.path.unlink(missing_ok=True)
+        self.log.remove()
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        self.log.close()
 
 
 # ----------------------------------------------------------------------------- scoring
