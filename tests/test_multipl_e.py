@@ -204,7 +204,7 @@ def test_missing_module_and_missing_tool_are_refused_by_name(fake_home, tmp_path
         assert list(out.parent.iterdir()) == []
 
 
-def test_eval_stops_before_generating_when_the_toolchain_fails(fake_home, tmp_path):
+def test_eval_stops_before_generating_when_the_toolchain_fails(fake_home, tmp_path, data_dir):
     if not os.path.exists("/usr/bin/perl"):
         pytest.skip("no /usr/bin/perl to wrap")
     _script(fake_home / "bin" / "perl", PERL_WITHOUT_TEST_DEEP)
