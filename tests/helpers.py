@@ -15,6 +15,7 @@ version's standard library: never hard-code them, read them from the tokenizer.
 from __future__ import annotations
 
 import functools
+import json
 import io
 from pathlib import Path
 
@@ -109,3 +110,12 @@ def tiny_llama(vocab_size: int, seed: int = 0, max_seq_len: int = 512, **config)
     torch.manual_seed(seed)
     return Transformer(ModelConfig(**{"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 16,
                                       "vocab_size": vocab_size, "max_seq_len": max_seq_len, **config})).eval()
+
+
+def write_jsonl(path, rows) -> None:
+    """A JSONL file of rows (samples, problems) for a test."""
+    Path(path).write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import read_jsonl, write_jsonl
 
 from codelm.cli import main
 from codelm.errors import CodelmError
@@ -33,14 +34,6 @@ SOLUTIONS = {
     "rs": ("HumanEval_23_strlen", "    string.len() as isize", "    0"),
     "go": ("HumanEval_23_strlen", "    return len(myString)\n}", "    return 4\n}"),
 }
-
-
-def write_jsonl(path, rows):
-    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 def need(lang):

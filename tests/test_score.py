@@ -10,22 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import read_jsonl, write_jsonl
 
 from codelm.cli import main
 from codelm.evaluate.benchmarks import load_problems
 from codelm.evaluate.runner import score
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_jsonl(path, rows):
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import read_jsonl, write_jsonl
 
 from codelm.evaluate.benchmarks import load_benchmark
 from codelm.evaluate.refcache import ReferenceCache
 from codelm.evaluate.runner import score
-
-
-def write_jsonl(path, rows):
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 @pytest.fixture
