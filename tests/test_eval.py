@@ -408,3 +408,15 @@ def test_eval_cli_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "codelm.cli", "eval", "--benchmark", "nope", "--model", "x"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown benchmark" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_every_protocol_is_scored_through_the_one_table():
+    """Each protocol names a scorer of codelm.evaluate.scorers (one signature for all), and an unknown name
+    is refused by name."""
+    from codelm.evaluate import protocols
+    from codelm.evaluate.scorers import SCORERS, ScoreOptions, score_samples
+
+    names = protocols._protocols()
+    assert len(names) > 20 and {p.scorer for p in names.values()} <= set(SCORERS)
+    with pytest.raises(CodelmError, match="no scorer 'nope'"):
+        score_samples("nope", "humaneval", "s.jsonl", "o.jsonl", ScoreOptions())

@@ -8,5 +8,6 @@
   sandbox.py, zygote.py  Linux-namespace sandbox with a pool of forking workers
   passk.py               the unbiased pass@k estimator
   runner.py, scoring.py  `codelm score` (the runner, its journal) and what other scorers share
+  scorers.py             the one table of scorers (one signature), refcache.py: HumanEval+/MBPP+ references
   eval.py, report.py     `codelm eval` and its reports; longctx.py: perplexity by length, key retrieval
 """

@@ -22,9 +22,12 @@ import time
 from pathlib import Path
 
 from codelm.errors import CodelmError, ConfigError
-from codelm.files import write_json
+from codelm.files import atomic_write, claim_output, mark_output, write_json
+from codelm.evaluate import report as report_mod
+from codelm.evaluate.benchmarks import multipl_e
 from codelm.evaluate.eval_config import EvalConfig
 from codelm.evaluate.protocols import extract_code, get_protocol
+from codelm.evaluate.scorers import ScoreOptions, score_samples
 from codelm.generate.backends import GenerationCache, Request, generate_all, make_backend
 
 RUN_VERSION = 1
@@ -52,8 +55,6 @@ def _settings(cfg: EvalConfig, protocol, dec: dict) -> dict:
 
 
 def _open_run(out: Path, cfg: EvalConfig, settings: dict) -> dict:
-    from codelm.files import claim_output, mark_output
-
     claim_output(out, "eval-run", folder=True, force=cfg.force,
                  what="run folder", legacy=lambda p: (p / "run.json").exists())
     run_path = out / "run.json"
@@ -103,8 +104,6 @@ def to_sample(protocol, task, raw: str, sample: int, chat: bool) -> dict:
 
 def run_eval(cfg: EvalConfig, backend=None) -> dict:
     """Run (or resume) one evaluation; returns the scoring summary. `backend` overrides cfg.backend (tests)."""
-    from codelm.evaluate import report as report_mod
-
     protocol = get_protocol(cfg.benchmark)
     dec = decoding(cfg, protocol)
     tasks = protocol.load_tasks(cfg.data_dir)
@@ -113,9 +112,7 @@ def run_eval(cfg: EvalConfig, backend=None) -> dict:
             raise ConfigError(f"--limit must be at least 1, got {cfg.limit}")
         tasks = tasks[:cfg.limit]
     if protocol.scorer == "multipl-e":  # a toolchain that cannot run would score every sample 0: stop first
-        from codelm.evaluate.benchmarks import multipl_e
-
-        multipl_e.check_toolchain(protocol.benchmark.removeprefix("multipl-e-"), cfg.sandbox)
+            multipl_e.check_toolchain(protocol.benchmark.removeprefix("multipl-e-"), cfg.sandbox)
     settings = _settings(cfg, protocol, dec)
     out = Path(cfg.out or os.path.join("eval-runs", protocol.name))
     run = _open_run(out, cfg, settings)
@@ -150,31 +147,15 @@ def run_eval(cfg: EvalConfig, backend=None) -> dict:
 
     owners = [t for t in tasks for _ in range(dec["n"])]  # the task of each item, in build_requests' order
     rows = [to_sample(protocol, task, c.text, j, cfg.chat) for task, (_, j), c in zip(owners, items, completions)]
-    from codelm.files import atomic_write
-
     samples_path = out / "samples.jsonl"
     atomic_write(samples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
     ks = [k for k in protocol.ks if k <= dec["n"]]
     started = time.monotonic()
     results_path = out / "results.jsonl"
-    if protocol.scorer in ("runner", "multipl-e"):
-        from codelm.evaluate.runner import score
-
-        summary = score(protocol.benchmark, samples_path, results_path, workers=cfg.workers, timeout=cfg.timeout,
-                        sandbox=cfg.sandbox, data_dir=cfg.data_dir, ks=ks, resume=cfg.resume, progress=cfg.progress)
-    elif protocol.scorer in ("apps", "ds1000", "lcc"):
-        import importlib
-
-        scorer = importlib.import_module(f"codelm.evaluate.benchmarks.{protocol.scorer}")
-        summary = scorer.score(protocol.benchmark, samples_path, results_path, data_dir=cfg.data_dir,
-                               workers=cfg.workers, sandbox=cfg.sandbox, timeout=cfg.timeout, ks=ks,
-                               resume=cfg.resume, progress=cfg.progress)
-    else:
-        from codelm.evaluate.benchmarks import gsm8k
-
-        summary = gsm8k.score(protocol.benchmark, samples_path, results_path, data_dir=cfg.data_dir,
-                              workers=cfg.workers, sandbox=cfg.sandbox, ks=ks, progress=cfg.progress)
+    options = ScoreOptions(data_dir=cfg.data_dir, workers=cfg.workers, sandbox=cfg.sandbox, timeout=cfg.timeout,
+                           ks=tuple(ks), resume=cfg.resume, progress=cfg.progress)
+    summary = score_samples(protocol.scorer, protocol.benchmark, samples_path, results_path, options)
     timing["scoring_s"] = round(time.monotonic() - started, 3)
     run.update(state="done", summary={k: v for k, v in summary.items() if k.startswith("pass@")})
     write_json(out / "run.json", run)
