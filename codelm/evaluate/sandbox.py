@@ -1,5 +1,8 @@
 """Run untrusted programs: Linux namespaces without Docker, rlimits, and a pool of forking workers.
 
+(Over 500 lines on purpose: the harness side of one protocol with zygote.py, whose framing, job
+pipelining, worker restarts and mode fallback must be read together to keep every verdict sound.)
+
 Isolation levels (`mode`):
   namespaces  each worker lives in its own user (when available), mount, PID, network, IPC and UTS
               namespaces: no network at all (loopback included), no view of host processes, a root
