@@ -19,14 +19,19 @@ def cache_dir(tmp_path, monkeypatch):
     return folder
 
 
+def _score_rows(tmp_path, rows, data_dir, ks):
+    """Score rows as a HumanEval samples file with 2 workers: (summary, result rows)."""
+    samples = tmp_path / "samples.jsonl"
+    write_jsonl(samples, rows)
+    summary = score("humaneval", samples, tmp_path / "out.jsonl", workers=2, data_dir=data_dir, ks=ks,
+                    progress=False)
+    return summary, read_jsonl(tmp_path / "out.jsonl")
+
+
 def test_a_program_repeated_100_times_runs_once(tmp_path, data_dir, cache_dir):
     problem = load_benchmark("humaneval", data_dir).problems["HumanEval/0"]
     rows = [{"task_id": "HumanEval/0", "completion": problem["canonical_solution"], "n": n} for n in range(100)]
-    samples = tmp_path / "samples.jsonl"
-    write_jsonl(samples, rows)
-    summary = score("humaneval", samples, tmp_path / "out.jsonl", workers=2, data_dir=data_dir, ks="1,10",
-                    progress=False)
-    out = read_jsonl(tmp_path / "out.jsonl")
+    summary, out = _score_rows(tmp_path, rows, data_dir, "1,10")
     assert summary["distinct_programs"] == 1 and summary["sample_jobs"] == 1
     assert [r["n"] for r in out] == list(range(100))
     assert {(r["passed"], r["result"]) for r in out} == {(True, "passed")}
@@ -39,11 +44,7 @@ def test_duplicates_keep_input_order_and_their_own_fields(tmp_path, data_dir, ca
                 "HumanEval/1": ["    return None\n"]}  # same text as task 0's: a different program
     rows = [{"task_id": t, "completion": programs[t][n % len(programs[t])], "n": n}
             for n in range(30) for t in ("HumanEval/0", "HumanEval/1")]
-    samples = tmp_path / "samples.jsonl"
-    write_jsonl(samples, rows)
-    summary = score("humaneval", samples, tmp_path / "out.jsonl", workers=2, data_dir=data_dir, ks="1",
-                    progress=False)
-    out = read_jsonl(tmp_path / "out.jsonl")
+    summary, out = _score_rows(tmp_path, rows, data_dir, "1")
     assert summary["distinct_programs"] == 3 and summary["sample_jobs"] == 3
     assert [(r["task_id"], r["n"]) for r in out] == [(r["task_id"], r["n"]) for r in rows]
     assert [r["passed"] for r in out] == [r["task_id"] == "HumanEval/0" and r["n"] % 2 == 0 for r in rows]

@@ -23,8 +23,10 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+from codelm.errors import warn
+from codelm.files import atomic_write_bytes
 
 CACHE_VERSION = 2  # bump when the meaning of a cached entry changes (the checker sources are hashed anyway)
 MAGIC = b"CODELMREF2\n"
@@ -97,23 +99,11 @@ class ReferenceCache:
         meta = {"task_id": task_id, "cpu_seconds": cpu_seconds, "max_rss_mb": max_rss_mb,
                 "length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
         try:
-            _write_atomically(self.path(task_id), MAGIC + json.dumps(meta).encode() + b"\n" + body)
+            atomic_write_bytes(self.path(task_id), MAGIC + json.dumps(meta).encode() + b"\n" + body)
         except OSError as e:  # a read-only or full disk costs the next run time, not this run
-            print(f"codelm score: warning: cannot write the reference cache ({e})", file=sys.stderr)
+            warn(f"cannot write the reference cache ({e})")
             self.folder = None
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

