@@ -143,7 +143,7 @@ def _tool(name: str, lang: str) -> tuple[str, tuple]:
 def resolve(lang: str, commands) -> Toolchain:
     """The toolchain of `lang` for the given step commands, found on the user's PATH; refuses by name what is missing."""
     resolved, expose, env = {}, [], {}
-    names = list(dict.fromkeys(c for c in commands if not c.startswith("./")))
+    names = [c for c in commands if not c.startswith("./")]  # ./main: the program a step compiled
     if lang == "ts":
         names.append("node")  # tsc is a node script, and its output runs under node
     for name in dict.fromkeys(names):
