@@ -185,7 +185,7 @@ def _add_score(sub):
 def _run_score(args):
     import json
 
-    from codelm.evaluate.runner import score_main
+    from codelm.evaluate.scorers import score_main
 
     print(json.dumps(score_main(**_settings(args), progress=sys.stderr.isatty()), indent=1))
     return 0

@@ -15,6 +15,7 @@ from codelm.benchdata import files as datasets
 from codelm.evaluate.benchmarks import apps, apps_check, ds1000, lcc
 from codelm.evaluate.eval import EvalConfig, run_eval
 from codelm.evaluate.protocols import get_protocol
+from codelm.evaluate.scoring import ScoreOptions
 from codelm.generate.backends import Completion
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -36,7 +37,7 @@ def samples_file(tmp_path, rows):
 
 # ----------------------------------------------------------------------------- APPS: data and prompt
 def test_apps_loader_reads_the_public_format():
-    problems = apps.load_problems(None, FIXTURES)
+    problems = apps.load_problems("apps", FIXTURES)
     assert [p["task_id"] for p in problems] == ["APPS/0", "APPS/1", "APPS/2", "APPS/3", "APPS/4"]
     by_id = {p["task_id"]: p for p in problems}
     assert by_id["APPS/0"]["fn_name"] is None and by_id["APPS/0"]["test_count"] == 3
@@ -44,7 +45,7 @@ def test_apps_loader_reads_the_public_format():
     assert by_id["APPS/2"]["use_class"] and by_id["APPS/4"]["test_count"] == 0
     assert apps.tests_of(by_id["APPS/1"]) == {"inputs": [["hello world"], ["a b c"], ["single"]],
                                               "outputs": [["world hello"], ["c b a"], ["single"]]}
-    assert [p["task_id"] for p in apps.load_problems("introductory", FIXTURES)] == ["APPS/0", "APPS/3", "APPS/4"]
+    assert [p["task_id"] for p in apps.load_problems("apps-introductory", FIXTURES)] == ["APPS/0", "APPS/3", "APPS/4"]
     # The problem without test cases is no task: it could only ever pass.
     tasks = get_protocol("apps").load_tasks(str(FIXTURES))
     assert [t.task_id for t in tasks] == ["APPS/0", "APPS/1", "APPS/2", "APPS/3"]
@@ -65,16 +66,16 @@ def test_apps_bad_rows_name_the_file_and_line(tmp_path, bad, message):
     good = (FIXTURES / "apps" / "test.jsonl").read_text().splitlines()[0] + "\n"
     path = write_lines(tmp_path / "apps" / "test.jsonl", [good, bad])
     with pytest.raises(DataError, match=f"{path}:2: .*{message}"):
-        apps.load_problems(None, tmp_path)
+        apps.load_problems("apps", tmp_path)
 
 
 def test_missing_data_says_where_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("CODELM_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(DataError, match="codeparrot/apps.*DATA_DIR/apps/"):
-        apps.load_problems(None)
+        apps.load_problems("apps")
     with pytest.raises(DataError, match="does not exist"):
-        ds1000.load_problems(tmp_path / "nowhere")
+        ds1000.load_problems("ds1000", tmp_path / "nowhere")
 
 
 def test_a_pinned_sum_is_checked(tmp_path):
@@ -101,7 +102,7 @@ ANSWER:
 
 
 def test_apps_prompt_is_two_shots_then_the_question():
-    problems = {p["task_id"]: p for p in apps.load_problems(None, FIXTURES)}
+    problems = {p["task_id"]: p for p in apps.load_problems("apps", FIXTURES)}
     text = apps.prompt(problems["APPS/1"])
     assert text.count("QUESTION:\n") == 3 and text.count("ANSWER:\n'''\n") == 3
     assert text.startswith("QUESTION:\nYou are given n integers.")
@@ -128,7 +129,7 @@ def test_apps_output_comparison():
 
 # ----------------------------------------------------------------------------- APPS: scoring in the sandbox
 def test_apps_scoring_in_the_sandbox(tmp_path):
-    problems = {p["task_id"]: p for p in apps.load_problems(None, FIXTURES)}
+    problems = {p["task_id"]: p for p in apps.load_problems("apps", FIXTURES)}
     cases = [  # (task, program, passed, result starts with)
         ("APPS/0", problems["APPS/0"]["solution"], True, "passed"),
         ("APPS/0", "import sys\nprint(sum(map(int, sys.stdin.buffer.read().split())))\n", True, "passed"),
@@ -151,8 +152,7 @@ def test_apps_scoring_in_the_sandbox(tmp_path):
         ("APPS/3", problems["APPS/3"]["solution"], True, "passed"),  # threads joined, mean within 1e-5
     ]
     path = samples_file(tmp_path, [{"task_id": t, "completion": code} for t, code, _, _ in cases])
-    summary = apps.score("apps", path, tmp_path / "results.jsonl", data_dir=FIXTURES, workers=2, timeout=0.5, ks=(1,),
-                         progress=False)
+    summary = apps.score("apps", path, tmp_path / "results.jsonl", ScoreOptions(data_dir=FIXTURES, workers=2, timeout=0.5, ks=(1,), progress=False))
     rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     for (task_id, code, passed, result), row in zip(cases, rows):
         assert (row["passed"], row["result"][:len(result)]) == (passed, result), (code, row["result"])
@@ -163,12 +163,12 @@ def test_apps_scoring_in_the_sandbox(tmp_path):
     # A sample for the problem without test cases is refused, not passed.
     bad = samples_file(tmp_path, [{"task_id": "APPS/4", "completion": "pass\n"}])
     with pytest.raises(DataError, match="unknown task_id 'APPS/4'"):
-        apps.score("apps", bad, tmp_path / "r2.jsonl", data_dir=FIXTURES, workers=1, progress=False)
+        apps.score("apps", bad, tmp_path / "r2.jsonl", ScoreOptions(data_dir=FIXTURES, workers=1, progress=False))
 
 
 # ----------------------------------------------------------------------------- DS-1000
 def test_ds1000_loader_and_bad_rows(tmp_path):
-    problems = ds1000.load_problems(FIXTURES)
+    problems = ds1000.load_problems("ds1000", FIXTURES)
     assert [(p["task_id"], p["library"]) for p in problems] == [("DS-1000/0", "Numpy"), ("DS-1000/1", "Tensorflow")]
     assert ds1000.required_modules(problems[0]) == {"copy", "io", "tokenize", "numpy"}
     assert ds1000.required_modules(problems[1]) == {"tensorflow"}
@@ -179,7 +179,7 @@ def test_ds1000_loader_and_bad_rows(tmp_path):
                             ({**row, "code_context": "x = 1\n"}, "code_context defines no test_execution")]:
         path = write_lines(tmp_path / "ds1000" / "ds1000.jsonl", [good, broken])
         with pytest.raises(DataError, match=f"{path}:2: {message}"):
-            ds1000.load_problems(tmp_path)
+            ds1000.load_problems("ds1000", tmp_path)
 
 
 def test_ds1000_postprocess_as_upstream():
@@ -197,8 +197,7 @@ def test_ds1000_scoring_runs_the_problems_own_tests(tmp_path):
              ("DS-1000/0", "result = undefined_name\n", False, "failed: NameError"),
              ("DS-1000/1", "result = x * 2\n", None, None)]
     path = samples_file(tmp_path, [{"task_id": t, "completion": c} for t, c, _, _ in cases])
-    summary = ds1000.score("ds1000", path, tmp_path / "results.jsonl", data_dir=FIXTURES, workers=2, ks=(1,),
-                           progress=False)
+    summary = ds1000.score("ds1000", path, tmp_path / "results.jsonl", ScoreOptions(data_dir=FIXTURES, workers=2, ks=(1,), progress=False))
     results = (tmp_path / "results.jsonl").read_text().splitlines()
     rows = {(r["task_id"], r["sample"]): r for r in map(json.loads, results)}
     for i, (task_id, _, passed, result) in enumerate(cases[:4]):
@@ -304,7 +303,7 @@ class Oracle:
 
 
 def test_eval_apps_end_to_end(tmp_path):
-    problems = {p["task_id"]: p for p in apps.load_problems(None, FIXTURES)}
+    problems = {p["task_id"]: p for p in apps.load_problems("apps", FIXTURES)}
     by_question = {p["question"].strip(): p for p in problems.values()}
 
     def answer(prompt):
@@ -324,7 +323,7 @@ def test_eval_apps_end_to_end(tmp_path):
 
 
 def test_eval_ds1000_end_to_end(tmp_path):
-    problems = {p["prompt"]: p for p in ds1000.load_problems(FIXTURES)}
+    problems = {p["prompt"]: p for p in ds1000.load_problems("ds1000", FIXTURES)}
     backend = Oracle(lambda prompt: problems[prompt]["reference_code"] + "</code>\nEND SOLUTION\n<code>")
     summary = run_eval(EvalConfig("ds1000", "oracle", out=str(tmp_path / "run"), data_dir=str(FIXTURES), workers=2,
                                   progress=False), backend=backend)
@@ -394,23 +393,22 @@ def test_lcc_parquet_without_pyarrow_says_what_to_do(tmp_path, monkeypatch):
 
 
 def test_scoring_resumes_from_its_journal(tmp_path):
-    problems = {p["task_id"]: p for p in apps.load_problems(None, FIXTURES)}
+    problems = {p["task_id"]: p for p in apps.load_problems("apps", FIXTURES)}
     path = samples_file(tmp_path, [{"task_id": t, "completion": problems[t]["solution"]} for t in ("APPS/0", "APPS/1")])
     out = tmp_path / "results.jsonl"
-    first = apps.score("apps", path, out, data_dir=FIXTURES, workers=1, ks=(1,), progress=False)
+    first = apps.score("apps", path, out, ScoreOptions(data_dir=FIXTURES, workers=1, ks=(1,), progress=False))
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     journal = out.with_name(out.name + ".partial")
-    samples = [json.loads(x) for x in path.read_text().splitlines()]
-    digest = hashlib.sha256(json.dumps(samples, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     header = {"codelm_score_journal": 1, "benchmark": "apps", "samples_sha256": digest, "samples": 2,
               "time_limit": apps.TIME_LIMIT}
     # As a killed run leaves it: the header and the verdict of sample 0 (marked, to see that it is reused).
     write_lines(journal, [header, {"i": 0, "row": {**rows[0], "result": "passed (from the journal)"}}])
     with pytest.raises(CodelmError, match="unfinished run: pass --resume"):
-        apps.score("apps", path, out, data_dir=FIXTURES, workers=1, ks=(1,), progress=False)
-    resumed = apps.score("apps", path, out, data_dir=FIXTURES, workers=1, ks=(1,), progress=False, resume=True)
+        apps.score("apps", path, out, ScoreOptions(data_dir=FIXTURES, workers=1, ks=(1,), progress=False))
+    resumed = apps.score("apps", path, out, ScoreOptions(data_dir=FIXTURES, workers=1, ks=(1,), progress=False, resume=True))
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert rows[0]["result"] == "passed (from the journal)" and rows[1]["result"] == "passed"
     assert not journal.exists() and resumed["pass@1"] == first["pass@1"] == 1.0
-    again = apps.score("apps", path, out, data_dir=FIXTURES, workers=1, ks=(1,), progress=False, resume=True)
+    again = apps.score("apps", path, out, ScoreOptions(data_dir=FIXTURES, workers=1, ks=(1,), progress=False, resume=True))
     assert again["resumed"] == "already complete"

@@ -6,7 +6,9 @@ import pytest
 
 from codelm.errors import CodelmError, DataError
 from codelm.benchdata import files as datasets
-from codelm.evaluate.benchmarks import list_benchmarks, load_benchmark, load_problems
+from codelm.evaluate.benchmarks import list_benchmarks, load_problems
+from codelm.evaluate.scorers import load_benchmark
+from codelm.evaluate.scoring import ScoreOptions
 
 COUNTS = {
     "humaneval": 164, "humaneval+": 164, "mbpp": 974, "mbpp+": 378,
@@ -43,7 +45,7 @@ def test_mbpp_fields(data_dir):
 
 
 def test_mbpp_plus_inputs_get_their_types_back(data_dir):
-    benchmark = load_benchmark("mbpp+", data_dir)
+    benchmark = load_benchmark("mbpp+", ScoreOptions(data_dir=data_dir))
     inputs = benchmark.inputs(benchmark.problems["Mbpp/2"])
     assert all(isinstance(arg, tuple) for args in inputs["base"] for arg in args)
     assert isinstance(benchmark.inputs(benchmark.problems["Mbpp/124"])["base"][0][1], complex)

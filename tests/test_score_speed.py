@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from helpers import read_jsonl, write_jsonl
 
-from codelm.evaluate.benchmarks import load_benchmark
 from codelm.evaluate.refcache import ReferenceCache
-from codelm.evaluate.runner import score
+from codelm.evaluate.scorers import load_benchmark, score
+from codelm.evaluate.scoring import ScoreOptions
 
 
 @pytest.fixture
@@ -23,13 +23,12 @@ def _score_rows(tmp_path, rows, data_dir, ks):
     """Score rows as a HumanEval samples file with 2 workers: (summary, result rows)."""
     samples = tmp_path / "samples.jsonl"
     write_jsonl(samples, rows)
-    summary = score("humaneval", samples, tmp_path / "out.jsonl", workers=2, data_dir=data_dir, ks=ks,
-                    progress=False)
+    summary = score("humaneval", samples, tmp_path / "out.jsonl", ScoreOptions(workers=2, data_dir=data_dir, ks=ks, progress=False))
     return summary, read_jsonl(tmp_path / "out.jsonl")
 
 
 def test_a_program_repeated_100_times_runs_once(tmp_path, data_dir, cache_dir):
-    problem = load_benchmark("humaneval", data_dir).problems["HumanEval/0"]
+    problem = load_benchmark("humaneval", ScoreOptions(data_dir=data_dir)).problems["HumanEval/0"]
     rows = [{"task_id": "HumanEval/0", "completion": problem["canonical_solution"], "n": n} for n in range(100)]
     summary, out = _score_rows(tmp_path, rows, data_dir, "1,10")
     assert summary["distinct_programs"] == 1 and summary["sample_jobs"] == 1
@@ -39,7 +38,7 @@ def test_a_program_repeated_100_times_runs_once(tmp_path, data_dir, cache_dir):
 
 
 def test_duplicates_keep_input_order_and_their_own_fields(tmp_path, data_dir, cache_dir):
-    problems = load_benchmark("humaneval", data_dir).problems
+    problems = load_benchmark("humaneval", ScoreOptions(data_dir=data_dir)).problems
     programs = {"HumanEval/0": [problems["HumanEval/0"]["canonical_solution"], "    return None\n"],
                 "HumanEval/1": ["    return None\n"]}  # same text as task 0's: a different program
     rows = [{"task_id": t, "completion": programs[t][n % len(programs[t])], "n": n}
@@ -53,15 +52,15 @@ def test_duplicates_keep_input_order_and_their_own_fields(tmp_path, data_dir, ca
 def test_resume_runs_only_what_the_journal_lacks(tmp_path, data_dir, cache_dir):
     import hashlib
 
-    from codelm.evaluate.runner import JOURNAL_VERSION
+    from codelm.evaluate.scoring import JOURNAL_VERSION
 
-    problem = load_benchmark("humaneval", data_dir).problems["HumanEval/3"]
+    problem = load_benchmark("humaneval", ScoreOptions(data_dir=data_dir)).problems["HumanEval/3"]
     rows = [{"task_id": "HumanEval/3", "completion": problem["canonical_solution"] if n % 2 else "    pass\n", "n": n}
             for n in range(20)]
     samples = tmp_path / "samples.jsonl"
     write_jsonl(samples, rows)
     out = tmp_path / "out.jsonl"
-    score("humaneval", samples, out, workers=1, data_dir=data_dir, progress=False, ks="1")
+    score("humaneval", samples, out, ScoreOptions(workers=1, data_dir=data_dir, progress=False, ks="1"))
     full = read_jsonl(out)
     # A journal of a killed run holding the first 5 rows: 15 samples left, 2 programs among them.
     header = {"codelm_score_journal": JOURNAL_VERSION, "benchmark": "humaneval",
@@ -69,13 +68,13 @@ def test_resume_runs_only_what_the_journal_lacks(tmp_path, data_dir, cache_dir):
     out.unlink()
     Path(str(out) + ".partial").write_text("\n".join([json.dumps(header)] + [json.dumps({"i": i, "row": full[i]})
                                                                              for i in range(5)]) + "\n")
-    summary = score("humaneval", samples, out, workers=1, data_dir=data_dir, progress=False, ks="1", resume=True)
+    summary = score("humaneval", samples, out, ScoreOptions(workers=1, data_dir=data_dir, progress=False, ks="1", resume=True))
     assert summary["distinct_programs"] == 2 and summary["sample_jobs"] == 2
     assert read_jsonl(out) == full
 
 
 def test_reference_cache_is_reused_and_a_corrupt_entry_recomputed(tmp_path, data_dir, cache_dir):
-    problems = load_benchmark("humaneval+", data_dir).problems
+    problems = load_benchmark("humaneval+", ScoreOptions(data_dir=data_dir)).problems
     task_ids = ["HumanEval/0", "HumanEval/35", "HumanEval/53"]
     rows = []
     for task_id in task_ids:
@@ -85,14 +84,13 @@ def test_reference_cache_is_reused_and_a_corrupt_entry_recomputed(tmp_path, data
     write_jsonl(samples, rows)
 
     def run(name):
-        summary = score("humaneval+", samples, tmp_path / name, workers=2, data_dir=data_dir, ks="1",
-                        progress=False)
+        summary = score("humaneval+", samples, tmp_path / name, ScoreOptions(workers=2, data_dir=data_dir, ks="1", progress=False))
         return summary, [(r["passed"], r["base_passed"], r["result"]) for r in read_jsonl(tmp_path / name)]
 
     first, verdicts = run("first.jsonl")
     assert (first["reference_jobs"], first["reference_cached"]) == (3, 0)
     assert [v[0] for v in verdicts] == [True, False] * 3
-    cache = ReferenceCache.for_benchmark(load_benchmark("humaneval+", data_dir))
+    cache = ReferenceCache.for_benchmark(load_benchmark("humaneval+", ScoreOptions(data_dir=data_dir)))
     assert cache.folder.is_relative_to(cache_dir) and len(list(cache.folder.iterdir())) == 3
 
     second, again = run("second.jsonl")
@@ -112,7 +110,7 @@ def test_reference_cache_is_reused_and_a_corrupt_entry_recomputed(tmp_path, data
 
 
 def test_reference_cache_key_follows_data_and_checker(data_dir, cache_dir):
-    benchmark = load_benchmark("mbpp+", data_dir)
+    benchmark = load_benchmark("mbpp+", ScoreOptions(data_dir=data_dir))
     folder = ReferenceCache.for_benchmark(benchmark).folder
     assert folder.parent == cache_dir / "reference"
     benchmark.reference_identity = {**benchmark.reference_identity, "checker": "changed"}
@@ -147,7 +145,7 @@ EVALPLUS_CASES = {
 
 @pytest.mark.parametrize("name", ["humaneval+", "mbpp+"])
 def test_early_exit_changes_no_verdict(name, tmp_path, data_dir, cache_dir):
-    problems = load_benchmark(name, data_dir).problems
+    problems = load_benchmark(name, ScoreOptions(data_dir=data_dir)).problems
     rows = []
     for task_id, code in EVALPLUS_CASES[name]:
         if code is None:
@@ -158,7 +156,7 @@ def test_early_exit_changes_no_verdict(name, tmp_path, data_dir, cache_dir):
     verdicts = {}
     for early_exit in (True, False):
         out = tmp_path / f"out-{early_exit}.jsonl"
-        score(name, samples, out, workers=2, data_dir=data_dir, ks="1", progress=False, early_exit=early_exit)
+        score(name, samples, out, ScoreOptions(workers=2, data_dir=data_dir, ks="1", progress=False, early_exit=early_exit))
         verdicts[early_exit] = [(r["passed"], r["base_passed"]) for r in read_jsonl(out)]
     assert verdicts[True] == verdicts[False]
     # every kind of verdict is there: passed, failed on a plus input only, failed on base

@@ -38,7 +38,8 @@ lcc-LANG, lcc-LANG-4k  single-line completion scored by exact match, edit simila
 from __future__ import annotations
 
 from codelm.errors import CodelmError, DataError
-from codelm.evaluate.benchmarks import apps, ds1000, gsm8k, lcc, load_problems, multipl_e
+from codelm.evaluate.benchmarks import gsm8k, load_problems, multipl_e
+from codelm.evaluate.scorers import SCORERS
 from codelm.evaluate.task import PYTHON_TAGS, Protocol, Task, cut, extract_code  # noqa: F401 - re-exported
 
 # BigCode harness, HumanEval task: the model has finished the function once it starts a new
@@ -158,12 +159,12 @@ def identity_post(task: Task, text: str) -> str:
 # ----------------------------------------------------------------------------- registry
 def _protocols() -> dict[str, Protocol]:
     p = {
-        "humaneval": Protocol("humaneval", "humaneval", "runner", _humaneval_tasks("humaneval"), humaneval_post,
+        "humaneval": Protocol("humaneval", "humaneval", "humaneval", _humaneval_tasks("humaneval"), humaneval_post,
                               paper="Table 2"),
-        "humaneval+": Protocol("humaneval+", "humaneval+", "runner", _humaneval_tasks("humaneval+"), humaneval_post),
-        "mbpp": Protocol("mbpp", "mbpp", "runner", _mbpp_tasks(False), mbpp_post, paper="Table 2"),
-        "mbpp+": Protocol("mbpp+", "mbpp+", "runner", _mbpp_tasks(True), mbpp_post, sample_field="solution"),
-        "mbpp-instruct": Protocol("mbpp-instruct", "mbpp", "runner", _mbpp_instruct_tasks, mbpp_instruct_post,
+        "humaneval+": Protocol("humaneval+", "humaneval+", "evalplus", _humaneval_tasks("humaneval+"), humaneval_post),
+        "mbpp": Protocol("mbpp", "mbpp", "mbpp", _mbpp_tasks(False), mbpp_post, paper="Table 2"),
+        "mbpp+": Protocol("mbpp+", "mbpp+", "evalplus", _mbpp_tasks(True), mbpp_post, sample_field="solution"),
+        "mbpp-instruct": Protocol("mbpp-instruct", "mbpp", "mbpp", _mbpp_instruct_tasks, mbpp_instruct_post,
                                   paper="Table 8 (MBPP zero-shot)"),
     }
     for which in INFILLING_SETS:
@@ -172,7 +173,7 @@ def _protocols() -> dict[str, Protocol]:
         tokens = 128 if which == "single-line" else 256
         for spm in (False, True):
             name = bench + ("-spm" if spm else "")
-            p[name] = Protocol(name, bench, "runner", _infilling_tasks(which), post, spm=spm, max_new_tokens=tokens,
+            p[name] = Protocol(name, bench, "humaneval", _infilling_tasks(which), post, spm=spm, max_new_tokens=tokens,
                                paper="Table 14")
     for lang in multipl_e.LANGUAGES:
         name = f"multipl-e-{lang}"
@@ -182,9 +183,9 @@ def _protocols() -> dict[str, Protocol]:
                           sample_field="completion", paper="Table 12")
     p["gsm8k-pal"] = Protocol("gsm8k-pal", "gsm8k-pal", "gsm8k", gsm8k.pal_tasks, gsm8k.pal_postprocess,
                               max_new_tokens=256, paper="Table 12 (method not given in the paper)")
-    p.update(apps.protocols())
-    p.update(ds1000.protocols())
-    p.update(lcc.protocols())
+    for module in SCORERS.values():  # benchmarks that write their own protocols (APPS, DS-1000, LCC)
+        if hasattr(module, "protocols"):
+            p.update(module.protocols())
     return p
 
 

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from codelm.errors import CodelmError
+from codelm.evaluate.benchmarks.multipl_e import LANGUAGE_NAMES
 from codelm.files import atomic_write, claim_output, mark_output, pyplot, save_figure
 
 # Reference doc §5.2 (Table 2), §5.3 (Table 4), §5.5 (Table 12), §5.6 (Table 14: the released, LCFT models).
@@ -224,11 +225,9 @@ def write_suite(path, force: bool = False) -> dict:
     langs = {b.removeprefix("multipl-e-"): s.get("pass@1") for b, s in scores.items() if b.startswith("multipl-e-")}
     plots = []
     if langs:
-        from codelm.evaluate.benchmarks.multipl_e import NAMES
-
         names = sorted(langs)
         fig, ax = pyplot().subplots(figsize=(1 + 0.8 * len(names), 3.5))
-        ax.bar([NAMES.get(n, n) for n in names], [100 * (langs[n] or 0) for n in names])
+        ax.bar([LANGUAGE_NAMES.get(n, n) for n in names], [100 * (langs[n] or 0) for n in names])
         ax.set_ylabel("pass@1 (%)")
         ax.set_title("MultiPL-E")
         save_figure(fig, path / "multipl_e.png", dpi=100)

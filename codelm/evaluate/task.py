@@ -24,8 +24,8 @@ class Task:
 @dataclass
 class Protocol:
     name: str
-    benchmark: str  # what scores it: a runner benchmark name, "multipl-e-LANG", "gsm8k" or "gsm8k-pal"
-    scorer: str  # "runner" (codelm.evaluate.runner.score), "multipl-e" (the runner, toolchain proven first) or "gsm8k"
+    benchmark: str  # the benchmark name its samples are scored as ("mbpp" for mbpp-instruct, "lcc-python" for -4k)
+    scorer: str  # the key of its benchmark module in codelm.evaluate.scorers.SCORERS
     load_tasks: Callable[[str | None], list[Task]]
     postprocess: Callable[[Task, str], str]
     spm: bool = False

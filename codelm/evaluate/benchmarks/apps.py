@@ -30,16 +30,16 @@ normalised line comparison); a sample passes when every test case passes.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
-from codelm.files import iter_jsonl
-from codelm.errors import CodelmError, DataError
 from codelm.benchdata.files import ExternalFile, locate_external
-from codelm.evaluate.scoring import read_samples, summarize
+from codelm.errors import CodelmError, DataError
+from codelm.evaluate import passk, scoring
+from codelm.evaluate.sandbox import Limits, PythonJob
+from codelm.evaluate.scoring import ScoreOptions, ScoringPlan
 from codelm.evaluate.task import Protocol, Task, cut, extract_code
+from codelm.files import iter_jsonl
 
 SOURCE = ExternalFile(
     benchmark="APPS", folder="apps", names=("test.jsonl", "test.jsonl.gz"),
@@ -48,6 +48,7 @@ SOURCE = ExternalFile(
     how="1.3 GB; e.g. huggingface-cli download codeparrot/apps test.jsonl --repo-type dataset "
         "--local-dir DATA_DIR/apps")
 DIFFICULTIES = ("introductory", "interview", "competition")
+NAMES = ("apps",) + tuple(f"apps-{d}" for d in DIFFICULTIES)
 TIME_LIMIT = 4.0  # CPU seconds per test case: APPS's harness's `timeout = 4`
 STOP = ("\n'''", "\nQUESTION:")
 GUIDE = {False: "read from and write to standard IO", True: "use the provided function signature"}
@@ -126,10 +127,17 @@ def tests_of(problem: dict) -> dict:
     return {"inputs": tests.get("inputs", []), "outputs": tests.get("outputs", [])}
 
 
-def load_problems(difficulty: str | None = None, data_dir=None) -> list[dict]:
-    """APPS test problems in file order, of one difficulty or all; the first bad line raises DataError."""
+def difficulty_of(benchmark: str) -> str | None:
+    """"apps" -> None (all), "apps-interview" -> "interview"."""
+    difficulty = benchmark.strip().lower().removeprefix("apps").removeprefix("-") or None
     if difficulty is not None and difficulty not in DIFFICULTIES:
         raise CodelmError(f"unknown APPS difficulty {difficulty!r}; valid: {', '.join(DIFFICULTIES)}")
+    return difficulty
+
+
+def load_problems(benchmark: str = "apps", data_dir=None) -> list[dict]:
+    """The test problems of apps (all) or apps-DIFFICULTY, in file order; the first bad line raises DataError."""
+    difficulty = difficulty_of(benchmark)
     path, _ = locate_external(SOURCE, data_dir)
     return read_problems(path, difficulty)
 
@@ -162,9 +170,9 @@ def prompt(problem: dict) -> str:
     return shots + "\n\n" + _block(problem["question"], problem["starter_code"], problem["fn_name"] is not None)
 
 
-def task_loader(difficulty: str | None):
+def task_loader(benchmark: str):
     def load(data_dir):
-        problems = load_problems(difficulty, data_dir)
+        problems = load_problems(benchmark, data_dir)
         usable = [p for p in problems if p["test_count"]]
         if len(usable) < len(problems):
             print(f"codelm: APPS: {len(problems) - len(usable)} problem(s) without test cases left out",
@@ -183,15 +191,13 @@ def protocols() -> dict:
     found = {}
     for difficulty in (None,) + DIFFICULTIES:
         name = "apps" if difficulty is None else f"apps-{difficulty}"
-        found[name] = Protocol(name, name, "apps", task_loader(difficulty), postprocess, max_new_tokens=1024,
+        found[name] = Protocol(name, name, "apps", task_loader(name), postprocess, max_new_tokens=1024,
                                sample_temperature=0.6, ks=(1, 5, 10, 100), paper="Table 3")
     return found
 
 
 # ----------------------------------------------------------------------------- scoring
-def sample_job(problem: dict, code: str, time_limit: float = TIME_LIMIT):
-    from codelm.evaluate.sandbox import Limits, PythonJob
-
+def sample_job(problem: dict, code: str, time_limit: float = TIME_LIMIT) -> PythonJob:
     tests = problem["test_count"]
     # Each test case has its own CPU alarm; the job's limit only stops a program that swallows it.
     cpu = time_limit * max(1, tests) + 2
@@ -217,133 +223,49 @@ def verdict(result) -> tuple[bool, str, int]:
     return False, f"failed: {result.reason}", passed_tests
 
 
-def score(benchmark: str, samples_path, out_path, data_dir=None, workers: int | None = None, sandbox: str = "auto",
-          timeout: float | None = None, ks=(1, 5, 10, 100), resume: bool = False, progress: bool = True) -> dict:
-    """Score a samples JSONL (task_id "APPS/N", completion = the whole program) in the sandbox.
+def plan(benchmark: str, options: ScoreOptions) -> "AppsPlan":
+    """`timeout` is the CPU limit per test case (default 4 s, as APPS)."""
+    return AppsPlan(benchmark, options)
 
-    `timeout` is the CPU limit per test case (default 4 s, as APPS)."""
-    started = time.monotonic()
-    difficulty = benchmark.removeprefix("apps").removeprefix("-") or None
-    path, sha256 = locate_external(SOURCE, data_dir)
-    # Problems without test cases are not tasks (task_loader leaves them out): a sample for one is an error.
-    problems = {p["task_id"]: p for p in read_problems(path, difficulty) if p["test_count"]}
-    samples = read_samples(Path(samples_path), problems)
-    time_limit = TIME_LIMIT if timeout is None else float(timeout)
-    if time_limit <= 0:
-        raise CodelmError(f"--timeout must be positive, got {timeout}")
 
-    def define(pool, task_id):
-        pool.define_module(CHECKER_KEY, CHECKER_SOURCE)
-        pool.define_value(tests_key(problems[task_id]), tests_of(problems[task_id]))
+def score(benchmark: str, samples, out=None, options: ScoreOptions = ScoreOptions(ks=(1, 5, 10, 100))) -> dict:
+    """Score a samples JSONL (task_id "APPS/N", completion = the whole program) in the sandbox."""
+    return scoring.score(plan(benchmark, options), samples, out, options)
 
-    def release(pool, task_id):
-        pool.definitions.pop(tests_key(problems[task_id]), None)
 
-    def row(sample, result):
+class AppsPlan(ScoringPlan):
+    calibrated = False  # each test case has its own limit (TIME_LIMIT, or --timeout)
+    rerun_timeouts = False  # a program past its limit on every test case would take minutes alone
+
+    def __init__(self, benchmark: str, options: ScoreOptions):
+        self.name = benchmark
+        self.difficulty = difficulty_of(benchmark)
+        self.path, self.sha256 = locate_external(SOURCE, options.data_dir)
+        # Problems without test cases are not tasks (task_loader leaves them out): a sample for one is an error.
+        self.problems = {p["task_id"]: p for p in read_problems(self.path, self.difficulty) if p["test_count"]}
+        self.time_limit = TIME_LIMIT if options.timeout is None else float(options.timeout)
+        self.journal_fields = {"time_limit": self.time_limit}
+
+    def definitions(self, task_ids) -> dict:
+        return {CHECKER_KEY: ("module", CHECKER_SOURCE)}
+
+    def task_definitions(self, problem: dict) -> dict:
+        # Shipped per task, dropped after its last sample: all of APPS's test cases would weigh gigabytes.
+        return {tests_key(problem): ("value", tests_of(problem))}
+
+    def sample_job(self, problem: dict, sample: dict) -> PythonJob:
+        return sample_job(problem, sample["completion"], self.time_limit)
+
+    def row_fields(self, result, problem: dict) -> dict:
         ok, text, passed_tests = verdict(result)
-        return {**sample, "passed": ok, "result": text, "tests_passed": passed_tests,
-                "tests": problems[sample["task_id"]]["test_count"]}
+        return {"passed": ok, "result": text, "tests_passed": passed_tests, "tests": problem["test_count"]}
 
-    rows, extra = run_journaled(
-        benchmark, samples, lambda s: sample_job(problems[s["task_id"]], s["completion"], time_limit), row,
-        Path(out_path), define=define, release=release, workers=workers, sandbox=sandbox, resume=resume,
-        progress=progress, header_extra={"time_limit": time_limit})
-    by_difficulty = {}
-    for level in DIFFICULTIES:
-        subset = [r for r in rows if problems[r["task_id"]]["difficulty"] == level]
-        if subset and difficulty is None:
-            by_difficulty[level] = _pass_at(subset, ks)
-    return summarize(benchmark, rows, ks, Path(out_path), {
-        "elapsed_s": round(time.monotonic() - started, 2), "time_limit_per_test_s": time_limit,
-        "data": str(path), "data_sha256": sha256, **({"by_difficulty": by_difficulty} if by_difficulty else {}),
-        **extra})
-
-
-def _pass_at(rows: list[dict], ks) -> dict:
-    from codelm.evaluate import passk
-
-    counts: dict[str, list[int]] = {}
-    for r in rows:
-        c = counts.setdefault(r["task_id"], [0, 0])
-        c[0] += 1
-        c[1] += bool(r["passed"])
-    return {"tasks": len(counts), **passk.totals({k: tuple(v) for k, v in counts.items()}, ks)}
-
-
-# ----------------------------------------------------------------------------- the sandbox loop
-def run_journaled(name: str, samples: list[dict], job_of, row_of, out_path: Path, define=None, release=None,
-                  workers=None, sandbox: str = "auto", resume: bool = False, progress: bool = True,
-                  header_extra=None, config=None) -> tuple[list[dict], dict]:
-    """Run one sandbox job per sample, journaling each verdict (OUT.partial) so `resume` continues a
-    killed run; writes OUT in sample order. Returns (rows, extra summary fields). `define(pool, task_id)`
-    ships what a task's jobs need before its first job; `release(pool, task_id)` forgets it after the
-    last. Shared by APPS and DS-1000."""
-    import concurrent.futures
-    import hashlib
-    import queue
-
-    from tqdm import tqdm
-
-    from codelm.evaluate.runner import Journal
-    from codelm.evaluate.sandbox import SandboxConfig, SandboxPool, describe_weakness
-
-    out_path = Path(out_path)
-    if not out_path.parent.is_dir():
-        raise CodelmError(f"output folder {out_path.parent} does not exist")
-    digest = hashlib.sha256(json.dumps(samples, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
-    header = {"codelm_score_journal": 1, "benchmark": name, "samples_sha256": digest, "samples": len(samples),
-              **(header_extra or {})}
-    journal = Journal(out_path.with_name(out_path.name + ".partial"), header)
-    if resume and not journal.path.exists() and out_path.is_file():
-        previous = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if len(previous) == len(samples) and all(p.get("task_id") == s["task_id"] and p.get("sample") == s.get("sample")
-                                                 for p, s in zip(previous, samples)):
-            return previous, {"resumed": "already complete"}
-    journal.open(resume)
-    extra: dict = {}
-    try:
-        if len(journal.done) < len(samples):
-            with SandboxPool(workers=workers or os.cpu_count() or 1,
-                             config=config or SandboxConfig(mode=sandbox)) as pool:
-                extra["sandbox"] = pool.mode
-                notes = describe_weakness(pool.isolation)
-                if notes:
-                    extra["sandbox_notes"] = notes
-                todo = [i for i in range(len(samples)) if i not in journal.done]
-                pending = iter(todo)
-                left: dict[str, int] = {}
-                for i in todo:
-                    left[samples[i]["task_id"]] = left.get(samples[i]["task_id"], 0) + 1
-                defined: set[str] = set()
-                in_flight: dict = {}
-                completed: queue.SimpleQueue = queue.SimpleQueue()
-                window = 16 * len(pool.workers)
-                bar = tqdm(total=len(samples) - len(journal.done), desc=f"scoring {name}", unit="sample",
-                           disable=not progress)
-                while True:
-                    while len(in_flight) < window:
-                        i = next(pending, None)
-                        if i is None:
-                            break
-                        task_id = samples[i]["task_id"]
-                        if define is not None and task_id not in defined:
-                            define(pool, task_id)
-                            defined.add(task_id)
-                        future = pool.submit(job_of(samples[i]))
-                        in_flight[future] = i
-                        future.add_done_callback(completed.put)
-                    if not in_flight:
-                        break
-                    future: concurrent.futures.Future = completed.get()
-                    i = in_flight.pop(future)
-                    journal.add(i, row_of(samples[i], future.result()))
-                    bar.update()
-                    task_id = samples[i]["task_id"]
-                    left[task_id] -= 1
-                    if left[task_id] == 0 and release is not None:
-                        release(pool, task_id)
-                bar.close()
-    except BaseException:
-        journal.close()  # kept for --resume
-        raise
-    return journal.finish(out_path, len(samples)), extra
+    def summary_fields(self, rows: list[dict], ks) -> dict:
+        by_difficulty = {}
+        for level in DIFFICULTIES:
+            subset = [r for r in rows if self.problems[r["task_id"]]["difficulty"] == level]
+            if subset and self.difficulty is None:
+                counts = scoring.task_counts(subset)
+                by_difficulty[level] = {"tasks": len(counts), **passk.totals(counts, ks)}
+        return {"time_limit_per_test_s": self.time_limit, "data": str(self.path), "data_sha256": self.sha256,
+                **({"by_difficulty": by_difficulty} if by_difficulty else {})}

@@ -22,14 +22,15 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
-import time
 from pathlib import Path
 
-from codelm.files import iter_jsonl
-from codelm.errors import CodelmError, DataError
 from codelm.benchdata.files import ExternalFile, locate_external
-from codelm.evaluate.scoring import read_samples, summarize
+from codelm.errors import CodelmError, DataError
+from codelm.evaluate import passk, scoring
+from codelm.evaluate.sandbox import Limits, PythonJob
+from codelm.evaluate.scoring import ScoreOptions, ScoringPlan
 from codelm.evaluate.task import Protocol, Task
+from codelm.files import iter_jsonl
 
 SOURCE = ExternalFile(
     benchmark="DS-1000", folder="ds1000", names=("ds1000.jsonl.gz", "ds1000.jsonl", "test.jsonl"),
@@ -39,6 +40,7 @@ SOURCE = ExternalFile(
 LIBRARY_MODULES = {"Numpy": "numpy", "Pandas": "pandas", "Scipy": "scipy", "Sklearn": "sklearn",
                    "Matplotlib": "matplotlib", "Pytorch": "torch", "Tensorflow": "tensorflow"}
 STOP = ("</code>", "# SOLUTION END")
+NAMES = ("ds1000",)
 TIME_LIMIT = 120.0  # seconds per problem, DS-1000's test_ds1000.py
 # One thread per library pool: CPU time then tracks wall time, and parallel jobs do not oversubscribe
 # the cores; no GPU; matplotlib draws off-screen; TensorFlow keeps its start-up log to itself.
@@ -48,7 +50,7 @@ _IMPORT = re.compile(r"^[ \t]*(?:import[ \t]+([A-Za-z_]\w*)|from[ \t]+([A-Za-z_]
 
 
 # ----------------------------------------------------------------------------- data
-def load_problems(data_dir=None) -> list[dict]:
+def load_problems(benchmark: str = "ds1000", data_dir=None) -> list[dict]:
     path, _ = locate_external(SOURCE, data_dir)
     return read_problems(path)
 
@@ -97,7 +99,7 @@ def missing_modules(problem: dict, installed=None) -> list[str]:
 # ----------------------------------------------------------------------------- protocol
 def tasks(data_dir=None):
     return [Task(p["task_id"], p["prompt"], stop=STOP, meta={"library": p["library"]})
-            for p in load_problems(data_dir)]
+            for p in load_problems("ds1000", data_dir)]
 
 
 def postprocess(task, text: str) -> str:
@@ -119,9 +121,7 @@ def test_tail(problem: dict, code: str) -> str:
     return tail + ("test_string(code)\n" if "test_string(" in problem["code_context"] else "")
 
 
-def sample_job(problem: dict, code: str, time_limit: float = TIME_LIMIT):
-    from codelm.evaluate.sandbox import Limits, PythonJob
-
+def sample_job(problem: dict, code: str, time_limit: float = TIME_LIMIT) -> PythonJob:
     # code_context is the benchmark's own (trusted: compiled once per worker); the answer only ever
     # runs inside its test_execution. PyTorch and TensorFlow map gigabytes of address space on import.
     return PythonJob(stages=[("<ds1000-context>", problem["code_context"], True),
@@ -130,56 +130,61 @@ def sample_job(problem: dict, code: str, time_limit: float = TIME_LIMIT):
                                    processes=512, env=dict(JOB_ENV)))
 
 
-def score(benchmark: str, samples_path, out_path, data_dir=None, workers: int | None = None, sandbox: str = "auto",
-          timeout: float | None = None, ks=(1, 10, 100), resume: bool = False, progress: bool = True) -> dict:
-    """Score a samples JSONL (task_id "DS-1000/N", completion = the answer snippet) in the sandbox.
+def plan(benchmark: str, options: ScoreOptions) -> "Ds1000Plan":
+    """`timeout`: seconds per problem (default 120, as DS-1000)."""
+    return Ds1000Plan(benchmark, options)
 
-    `timeout`: seconds per problem (default 120, as DS-1000)."""
-    from codelm.evaluate import passk
-    from codelm.evaluate.benchmarks.apps import run_journaled
-    started = time.monotonic()
-    path, sha256 = locate_external(SOURCE, data_dir)
-    problems = {p["task_id"]: p for p in read_problems(path)}
-    samples = read_samples(Path(samples_path), problems)
-    time_limit = TIME_LIMIT if timeout is None else float(timeout)
-    if time_limit <= 0:
-        raise CodelmError(f"--timeout must be positive, got {timeout}")
-    installed: dict[str, bool] = {}
-    missing = {task_id: missing_modules(problems[task_id], installed) for task_id in {s["task_id"] for s in samples}}
-    runnable = [s for s in samples if not missing[s["task_id"]]]
-    skipped_tasks = sorted((t for t, m in missing.items() if m), key=lambda t: int(t.split("/")[-1]))
-    by_module: dict[str, int] = {}
-    for task_id in skipped_tasks:
-        for name in missing[task_id]:
-            by_module[name] = by_module.get(name, 0) + 1
-    if skipped_tasks:
-        print(f"codelm: DS-1000: {len(skipped_tasks)} of {len(missing)} problems skipped, their libraries are not "
-              f"installed here ({', '.join(f'{m}: {n}' for m, n in sorted(by_module.items()))}); pass@k covers "
-              "the others", file=sys.stderr)
-    if not runnable:
-        raise CodelmError(f"DS-1000: none of the {len(missing)} problems can run here: install "
-                          f"{', '.join(sorted(by_module))}; the samples are in {samples_path}")
 
-    def row(sample, result):
+def score(benchmark: str, samples, out=None, options: ScoreOptions = ScoreOptions()) -> dict:
+    """Score a samples JSONL (task_id "DS-1000/N", completion = the answer snippet) in the sandbox."""
+    return scoring.score(plan(benchmark, options), samples, out, options)
+
+
+class Ds1000Plan(ScoringPlan):
+    calibrated = False  # DS-1000's own limit per problem (TIME_LIMIT, or --timeout)
+    rerun_timeouts = False
+
+    def __init__(self, benchmark: str, options: ScoreOptions):
+        self.name = benchmark
+        self.path, self.sha256 = locate_external(SOURCE, options.data_dir)
+        self.problems = {p["task_id"]: p for p in read_problems(self.path)}
+        self.time_limit = TIME_LIMIT if options.timeout is None else float(options.timeout)
+        self.journal_fields = {"time_limit": self.time_limit}
+        self.skipped: dict = {}
+
+    def select(self, samples: list[dict]) -> list[dict]:
+        """The samples whose problem's libraries are installed here; the others are counted apart."""
+        installed: dict[str, bool] = {}
+        tasks = {s["key"] for s in samples}
+        missing = {task_id: missing_modules(self.problems[task_id], installed) for task_id in tasks}
+        runnable = [s for s in samples if not missing[s["key"]]]
+        skipped_tasks = sorted((t for t, m in missing.items() if m), key=lambda t: int(t.split("/")[-1]))
+        by_module: dict[str, int] = {}
+        for task_id in skipped_tasks:
+            for name in missing[task_id]:
+                by_module[name] = by_module.get(name, 0) + 1
+        if skipped_tasks:
+            print(f"codelm: DS-1000: {len(skipped_tasks)} of {len(missing)} problems skipped, their libraries are "
+                  f"not installed here ({', '.join(f'{m}: {n}' for m, n in sorted(by_module.items()))}); pass@k "
+                  "covers the others", file=sys.stderr)
+        if not runnable:
+            raise CodelmError(f"DS-1000: none of the {len(missing)} problems can run here: install "
+                              f"{', '.join(sorted(by_module))}")
+        self.skipped = {"tasks": len(skipped_tasks), "samples": len(samples) - len(runnable),
+                        "missing_modules": by_module, "task_ids": skipped_tasks}
+        return runnable
+
+    def sample_job(self, problem: dict, sample: dict) -> PythonJob:
+        return sample_job(problem, sample["completion"], self.time_limit)
+
+    def row_fields(self, result, problem: dict) -> dict:
         reason = result.reason if result.status != "failed" else f"failed: {result.reason}"
-        return {**sample, "passed": result.status == "passed", "result": reason,
-                "library": problems[sample["task_id"]]["library"]}
+        return {"passed": result.status == "passed", "result": reason, "library": problem["library"]}
 
-    rows, extra = run_journaled(benchmark, runnable, lambda s: sample_job(problems[s["task_id"]], s["completion"],
-                                                                           time_limit),
-                                row, Path(out_path), workers=workers, sandbox=sandbox, resume=resume,
-                                progress=progress, header_extra={"time_limit": time_limit})
-    by_library = {}
-    for library in sorted({r["library"] for r in rows}):
-        counts: dict[str, list[int]] = {}
-        for r in rows:
-            if r["library"] == library:
-                c = counts.setdefault(r["task_id"], [0, 0])
-                c[0] += 1
-                c[1] += bool(r["passed"])
-        by_library[library] = {"tasks": len(counts), **passk.totals({k: tuple(v) for k, v in counts.items()}, ks)}
-    skipped = {"tasks": len(skipped_tasks), "samples": len(samples) - len(runnable), "missing_modules": by_module,
-               "task_ids": skipped_tasks}
-    return summarize(benchmark, rows, ks, Path(out_path), {
-        "elapsed_s": round(time.monotonic() - started, 2), "time_limit_s": time_limit, "data": str(path),
-        "data_sha256": sha256, "by_library": by_library, "skipped": skipped, **extra})
+    def summary_fields(self, rows: list[dict], ks) -> dict:
+        by_library = {}
+        for library in sorted({r["library"] for r in rows}):
+            counts = scoring.task_counts([r for r in rows if r["library"] == library])
+            by_library[library] = {"tasks": len(counts), **passk.totals(counts, ks)}
+        return {"time_limit_s": self.time_limit, "data": str(self.path), "data_sha256": self.sha256,
+                "by_library": by_library, "skipped": self.skipped}

@@ -14,8 +14,14 @@ import hashlib
 import marshal
 from pathlib import Path
 
+from codelm.benchdata import files
+from codelm.benchdata import problems as benchdata
+from codelm.evaluate import scoring
 from codelm.evaluate.benchmarks.mbpp import mbpp_number
 from codelm.evaluate.sandbox import PythonJob, RunResult
+from codelm.evaluate.scoring import ScoreOptions, ScoringPlan
+
+NAMES = ("humaneval+", "mbpp+")
 
 CHECKER_KEY = "evalplus_check"
 CHECKER_SOURCE = (Path(__file__).parent / "evalplus_check.py").read_text(encoding="utf-8")
@@ -56,7 +62,23 @@ _MBPP_INPUT_TYPES.update({
 })
 
 
-class EvalPlusBenchmark:
+def load_problems(benchmark: str, data_dir=None) -> list[dict]:
+    return benchdata.load_problems(benchmark, data_dir)
+
+
+def plan(benchmark: str, options: ScoreOptions) -> "EvalPlusBenchmark":
+    key = benchdata.check_name(benchmark)
+    found = EvalPlusBenchmark(key, load_problems(key, options.data_dir),
+                              data_sha256=files.sha256_of(files.locate(key, options.data_dir)))
+    found.early_exit = options.early_exit
+    return found
+
+
+def score(benchmark: str, samples, out=None, options: ScoreOptions = ScoreOptions()) -> dict:
+    return scoring.score(plan(benchmark, options), samples, out, options)
+
+
+class EvalPlusBenchmark(ScoringPlan):
     has_base = True
 
     def __init__(self, name: str, problems: list[dict], data_sha256: str | None = None):
@@ -122,7 +144,7 @@ class EvalPlusBenchmark:
             int_max_str_digits=0)
 
     @staticmethod
-    def row_fields(result: RunResult) -> dict:
+    def row_fields(result: RunResult, problem: dict) -> dict:
         reason = result.reason if result.status != "failed" else f"failed: {result.reason}"
         return {"passed": result.status == "passed", "result": reason,
                 "base_passed": result.status == "passed" or bool(result.milestones.get("base"))}

@@ -16,22 +16,19 @@ checked against pinned sha256 sums.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 import sys
-import time
-from pathlib import Path
 
-from codelm.benchdata.problems import load_gsm8k as load  # noqa: F401 - the split's problems
-from codelm.files import iter_jsonl
-from codelm.errors import DataError
-from codelm.evaluate.scoring import summarize
+from codelm.benchdata.problems import load_gsm8k as load
+from codelm.evaluate import scoring
+from codelm.evaluate.sandbox import CommandJob, CommandStep, Limits
+from codelm.evaluate.scoring import ScoreOptions, ScoringPlan
 from codelm.evaluate.task import Task, cut
 
 COT_SHOTS = 8
 COT_STOP = ("\n\nQuestion:", "\nQuestion:")
 PAL_STOP = ("\n\n\n", "\n# Question:", "\nQuestion:")
+NAMES = ("gsm8k", "gsm8k-pal")
 
 # Programs for train problems 1-3 (Natalia's clips, Weng's babysitting, Betty's wallet), written for
 # this prompt: variables named after the quantities, the answer returned.
@@ -108,52 +105,71 @@ def same_number(got, expected: str) -> bool:
         return False
 
 
-def run_pal(programs: list[str], workers: int = 2, sandbox: str = "auto") -> list[tuple[str | None, str]]:
-    """(printed answer or None, reason) for each program defining solution(), run in the sandbox."""
-    from codelm.evaluate.sandbox import CommandJob, CommandStep, Limits, SandboxConfig, SandboxPool
-
-    runner = "\n\nif __name__ == '__main__':\n    print(repr(solution()))\n"
-    with SandboxPool(workers=workers, config=SandboxConfig(mode=sandbox)) as pool:
-        futures = [pool.submit(CommandJob(
-            steps=[CommandStep([sys.executable, "-I", "solution.py"],
-                               Limits(cpu_seconds=5, wall_seconds=20, output_bytes=4096))],
-            files={"solution.py": {"text": code + runner}})) for code in programs]
-        out = []
-        for f in futures:
-            r = f.result()[0]
-            if r.status != "ok":
-                out.append((None, "timed out" if r.timed_out else f"failed: {r.reason}"))
-            else:
-                lines = r.stdout.strip().splitlines()
-                out.append((lines[-1] if lines else None, "ran"))
-        return out
+PAL_MAIN = "\n\nif __name__ == '__main__':\n    print(repr(solution()))\n"
 
 
-def score(method: str, samples_path, out_path, data_dir=None, workers: int | None = None, sandbox: str = "auto",
-          ks=(1,), progress: bool = True) -> dict:
-    """Score a samples JSONL (task_id, completion): writes results and a summary like `codelm score`."""
-    started = time.monotonic()
-    problems = {p["task_id"]: p for p in load("test", data_dir)}
-    samples = []
-    path = Path(samples_path)
-    for lineno, s in iter_jsonl(path):
-        if s.get("task_id") not in problems or not isinstance(s.get("completion"), str):
-            raise DataError(f"{path}:{lineno}: expected task_id (gsm8k/N) and a string completion")
-        samples.append(s)
-    if method == "gsm8k-pal":
-        outcomes = run_pal([s["completion"] for s in samples], workers=workers or os.cpu_count() or 1, sandbox=sandbox)
-    else:
-        outcomes = [(extract_answer(s["completion"]), "extracted") for s in samples]
-    rows = []
-    for s, (answer, how) in zip(samples, outcomes):
-        expected = problems[s["task_id"]]["expected"]
-        ok = same_number(answer, expected)
-        reason = "passed" if ok else (how if how not in ("ran", "extracted") else
-                                      f"failed: answer {answer!r}, expected {expected}")
-        rows.append({**s, "answer": answer, "expected": expected, "passed": ok, "result": reason})
-    from codelm.files import atomic_write
+def pal_job(code: str) -> CommandJob:
+    """Run a program defining solution() in the sandbox; it prints the answer's repr."""
+    return CommandJob(steps=[CommandStep([sys.executable, "-I", "solution.py"],
+                                         Limits(cpu_seconds=5, wall_seconds=20, output_bytes=4096))],
+                      files={"solution.py": {"text": code + PAL_MAIN}})
 
-    out_path = Path(out_path)
-    atomic_write(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return summarize(method, rows, ks, out_path, {"elapsed_s": round(time.monotonic() - started, 2),
-                                                  "solve_rate": sum(r["passed"] for r in rows) / len(rows)})
+
+def pal_answer(results) -> tuple[str | None, str]:
+    """(printed answer or None, how it went) of a pal_job's step results."""
+    r = results[0]
+    if r.status != "ok":
+        return None, "timed out" if r.timed_out else f"failed: {r.reason}"
+    lines = r.stdout.strip().splitlines()
+    return (lines[-1] if lines else None), "ran"
+
+
+def load_problems(benchmark: str = "gsm8k", data_dir=None) -> list[dict]:
+    """The test split's problems (gsm8k and gsm8k-pal score the same problems)."""
+    return load("test", data_dir)
+
+
+def plan(benchmark: str, options: ScoreOptions) -> "Gsm8kPlan":
+    if benchmark == "gsm8k-pal":
+        return PalPlan(benchmark, options)
+    return Gsm8kPlan(benchmark, options)
+
+
+def score(benchmark: str, samples, out=None, options: ScoreOptions = ScoreOptions(ks=(1,))) -> dict:
+    """Score a samples JSONL (task_id "gsm8k/N", completion): writes results and a summary like `codelm score`."""
+    return scoring.score(plan(benchmark, options), samples, out, options)
+
+
+def graded(answer, how: str, expected: str) -> dict:
+    ok = same_number(answer, expected)
+    reason = "passed" if ok else (how if how not in ("ran", "extracted") else
+                                  f"failed: answer {answer!r}, expected {expected}")
+    return {"answer": answer, "expected": expected, "passed": ok, "result": reason}
+
+
+class Gsm8kPlan(ScoringPlan):
+    """Chain of thought: the answer is read from the text, nothing runs."""
+
+    def __init__(self, benchmark: str, options: ScoreOptions):
+        self.name = benchmark
+        self.problems = {p["task_id"]: p for p in load_problems(benchmark, options.data_dir)}
+
+    def judge(self, problem: dict, sample: dict) -> dict:
+        return graded(extract_answer(sample["completion"]), "extracted", problem["expected"])
+
+    def summary_fields(self, rows: list[dict], ks) -> dict:
+        return {"solve_rate": sum(r["passed"] for r in rows) / len(rows)}
+
+
+class PalPlan(Gsm8kPlan):
+    """Program-aided: the generated solution() runs in the sandbox, its printed value is the answer."""
+
+    calibrated = False  # pal_job's own limits
+    rerun_timeouts = False
+    judge = None
+
+    def sample_job(self, problem: dict, sample: dict) -> CommandJob:
+        return pal_job(sample["completion"])
+
+    def row_fields(self, results, problem: dict) -> dict:
+        return graded(*pal_answer(results), problem["expected"])

@@ -7,23 +7,33 @@ rewrite the test's source (an unclosed string, say), and a pass means `check` it
 
 from __future__ import annotations
 
+from codelm.benchdata import problems as benchdata
+from codelm.evaluate import scoring
 from codelm.evaluate.sandbox import PythonJob, RunResult
+from codelm.evaluate.scoring import ScoreOptions, ScoringPlan
+
+NAMES = ("humaneval",) + tuple(n for n in benchdata.BENCHMARKS if n.startswith("humaneval-infilling-"))
 
 
-class AssertBenchmark:
+def load_problems(benchmark: str, data_dir=None) -> list[dict]:
+    return benchdata.load_problems(benchmark, data_dir)
+
+
+def plan(benchmark: str, options: ScoreOptions) -> "AssertBenchmark":
+    key = benchdata.check_name(benchmark)
+    return AssertBenchmark(key, load_problems(key, options.data_dir))
+
+
+def score(benchmark: str, samples, out=None, options: ScoreOptions = ScoreOptions()) -> dict:
+    return scoring.score(plan(benchmark, options), samples, out, options)
+
+
+class AssertBenchmark(ScoringPlan):
     """Benchmarks whose tests are plain Python run after the solution (HumanEval, infilling, MBPP)."""
-
-    has_base = False
 
     def __init__(self, name: str, problems: list[dict]):
         self.name = name
         self.problems = {p["task_id"]: p for p in problems}
-
-    def task_key(self, raw) -> str | None:
-        return raw if isinstance(raw, str) and raw in self.problems else None
-
-    def definitions(self, task_ids) -> dict:
-        return {}
 
     def code_of(self, sample: dict) -> str:
         return sample["completion"]
@@ -38,7 +48,7 @@ class AssertBenchmark:
         return PythonJob(stages=[("<solution>", self.solution_source(problem, problem["canonical_solution"]))]
                          + self.test_stages(problem))
 
-    def accept_reference(self, problem: dict, result: RunResult) -> dict:
+    def accept_reference(self, problem: dict, result) -> dict:
         return {}
 
     def sample_job(self, problem: dict, sample: dict) -> PythonJob:
@@ -46,6 +56,6 @@ class AssertBenchmark:
                          + self.test_stages(problem))
 
     @staticmethod
-    def row_fields(result: RunResult) -> dict:
+    def row_fields(result: RunResult, problem: dict) -> dict:
         reason = result.reason if result.status != "failed" else f"failed: {result.reason}"
         return {"passed": result.status == "passed", "result": reason}

@@ -23,18 +23,18 @@ counted with the model's tokenizer, as the paper does for models without long-co
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import re
-import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
-from codelm.files import iter_jsonl
-from codelm.errors import CodelmError, ConfigError, DataError
 from codelm.benchdata.files import ExternalFile, locate_external
-from codelm.evaluate.scoring import read_samples, summarize
+from codelm.errors import CodelmError, ConfigError, DataError
+from codelm.evaluate import scoring
+from codelm.evaluate.scoring import ScoreOptions, ScoringPlan
 from codelm.evaluate.task import Protocol, Task
+from codelm.files import iter_jsonl
 
 _HF = "https://huggingface.co/datasets/microsoft/"
 SOURCES = {
@@ -52,6 +52,7 @@ SOURCES = {
                            "test-00000-of-00001-e75190255efc069b.parquet", how="save it as csharp.parquet"),
 }
 LANGUAGES = tuple(SOURCES)
+NAMES = tuple(f"lcc-{x}{suffix}" for x in LANGUAGES for suffix in ("", "-4k"))
 SHORT_CONTEXT_TOKENS = 4000  # what the paper gives models without long-context fine-tuning
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -61,7 +62,7 @@ def _rows_of(path: Path) -> list[tuple[int, dict]]:
     """(line or row number, row) for a JSONL(.gz) or Parquet file."""
     if path.suffix == ".parquet":
         try:
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # optional: only Parquet files need it
         except ImportError:
             raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or convert the file to "
                             "JSONL with one {\"context\": ..., \"gt\": ...} object per line") from None
@@ -92,9 +93,17 @@ def read_problems(path: Path, language: str) -> list[dict]:
     return problems
 
 
-def load_problems(language: str, data_dir=None) -> list[dict]:
+def language_of(benchmark: str) -> str:
+    """"lcc-python", "lcc-python-4k" (or "python") -> "python"."""
+    language = benchmark.strip().lower().removeprefix("lcc-").removesuffix("-4k")
     if language not in SOURCES:
-        raise CodelmError(f"unknown LCC language {language!r}; valid: {', '.join(LANGUAGES)}")
+        raise CodelmError(f"unknown LCC benchmark {benchmark!r}; valid: {', '.join('lcc-' + x for x in LANGUAGES)}")
+    return language
+
+
+def load_problems(benchmark: str, data_dir=None) -> list[dict]:
+    """The rows of lcc-LANG (or lcc-LANG-4k: the same rows)."""
+    language = language_of(benchmark)
     path, _ = locate_external(SOURCES[language], data_dir)
     return read_problems(path, language)
 
@@ -115,7 +124,7 @@ def postprocess(task, text: str) -> str:
 def task_loader(language: str):
     def load(data_dir):
         return [Task(p["task_id"], p["context"], meta={"language": language})
-                for p in load_problems(language, data_dir)]
+                for p in load_problems(f"lcc-{language}", data_dir)]
     return load
 
 
@@ -151,8 +160,6 @@ def last_tokens(text: str, tokenizer, limit: int) -> str:
 
 def shorten_contexts(limit: int):
     def adapt(tasks, backend):
-        from dataclasses import replace
-
         tokenizer = getattr(backend, "tokenizer", None)
         if tokenizer is None:
             raise ConfigError(f"this benchmark keeps the last {limit} tokens of each context and needs the model's "
@@ -208,29 +215,32 @@ def bleu(prediction: str, reference: str, max_n: int = 4) -> float:
     return brevity * math.exp(log_precision / max_n)
 
 
-def score(benchmark: str, samples_path, out_path, data_dir=None, workers=None, sandbox: str = "auto", timeout=None,
-          ks=(1,), resume: bool = False, progress: bool = True) -> dict:
-    """Score a samples JSONL (task_id "LCC-LANG/N", completion = the predicted line); nothing is run."""
-    from codelm.files import atomic_write
+def plan(benchmark: str, options: ScoreOptions) -> "LccPlan":
+    return LccPlan(benchmark, options)
 
-    started = time.monotonic()
-    language = benchmark.removeprefix("lcc-").removesuffix("-4k")
-    if language not in SOURCES:
-        raise CodelmError(f"unknown LCC benchmark {benchmark!r}; valid: {', '.join('lcc-' + x for x in LANGUAGES)}")
-    path, sha256 = locate_external(SOURCES[language], data_dir)
-    problems = {p["task_id"]: p for p in read_problems(path, language)}
-    samples = read_samples(Path(samples_path), problems)
-    rows = []
-    for s in samples:
-        prediction, reference = first_line(s["completion"]), problems[s["task_id"]]["gt"]
+
+def score(benchmark: str, samples, out=None, options: ScoreOptions = ScoreOptions(ks=(1,))) -> dict:
+    """Score a samples JSONL (task_id "LCC-LANG/N", completion = the predicted line); nothing is run."""
+    return scoring.score(plan(benchmark, options), samples, out, options)
+
+
+class LccPlan(ScoringPlan):
+    def __init__(self, benchmark: str, options: ScoreOptions):
+        self.name = benchmark
+        language = language_of(benchmark)
+        self.path, self.sha256 = locate_external(SOURCES[language], options.data_dir)
+        self.problems = {p["task_id"]: p for p in read_problems(self.path, language)}
+
+    def judge(self, problem: dict, sample: dict) -> dict:
+        prediction, reference = first_line(sample["completion"]), problem["gt"]
         match = exact_match(prediction, reference)
-        rows.append({**s, "prediction": prediction, "gt": reference, "passed": match,
-                     "result": "passed" if match else "failed: not an exact match",
-                     "edit_similarity": round(edit_similarity(prediction, reference), 6),
-                     "bleu": round(bleu(prediction, reference), 6)})
-    out_path = Path(out_path)
-    atomic_write(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-    return summarize(benchmark, rows, ks, out_path, {
-        "exact_match": mean("passed"), "edit_similarity": mean("edit_similarity"), "bleu": mean("bleu"),
-        "elapsed_s": round(time.monotonic() - started, 2), "data": str(path), "data_sha256": sha256})
+        return {"prediction": prediction, "gt": reference, "passed": match,
+                "result": "passed" if match else "failed: not an exact match",
+                "edit_similarity": round(edit_similarity(prediction, reference), 6),
+                "bleu": round(bleu(prediction, reference), 6)}
+
+    def summary_fields(self, rows: list[dict], ks) -> dict:
+        def mean(key):
+            return sum(r[key] for r in rows) / len(rows)
+        return {"exact_match": mean("passed"), "edit_similarity": mean("edit_similarity"), "bleu": mean("bleu"),
+                "data": str(self.path), "data_sha256": self.sha256}

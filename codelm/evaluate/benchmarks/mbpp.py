@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import re
 
+from codelm.benchdata import problems as benchdata
+from codelm.evaluate import scoring
 from codelm.evaluate.benchmarks.humaneval import AssertBenchmark
+from codelm.evaluate.scoring import ScoreOptions
 
+NAMES = ("mbpp",)
 _ID = re.compile(r"^(?:mbpp/)?(\d+)$", re.IGNORECASE)
 
 
@@ -35,3 +39,16 @@ class MbppBenchmark(AssertBenchmark):
 
     def test_stages(self, problem: dict) -> list[tuple[str, str]]:
         return [("<test>", problem["test"], True)]
+
+
+def load_problems(benchmark: str, data_dir=None) -> list[dict]:
+    return benchdata.load_problems(benchmark, data_dir)
+
+
+def plan(benchmark: str, options: ScoreOptions) -> MbppBenchmark:
+    key = benchdata.check_name(benchmark)
+    return MbppBenchmark(key, load_problems(key, options.data_dir))
+
+
+def score(benchmark: str, samples, out=None, options: ScoreOptions = ScoreOptions()) -> dict:
+    return scoring.score(plan(benchmark, options), samples, out, options)

