@@ -8,7 +8,11 @@ output of the same kind is refused with one line naming it (`--force` replaces i
 that is one of the command's inputs is refused even with `--force`. codelm recognises its own
 outputs by a marker it writes (`mark_output`): a `.codelm` file inside a folder it made, and for a
 file an entry in `.codelm-outputs.json` beside it (name, kind, size and modification time, so a
-file edited or replaced since is no longer taken for codelm's)."""
+file edited or replaced since is no longer taken for codelm's).
+
+Resumable runs share one toolkit: `AppendLog` (a journal that tolerates a torn last line), `open_run`
+(a run folder's run.json: a new run, or the same run resumed, never another one mixed in), and
+`cache_root()`, the one folder codelm caches downloads and reference results in."""
 from __future__ import annotations
 
 import gzip
@@ -53,6 +57,14 @@ def current_umask() -> int:
 def file_mode() -> int:
     """The mode a plain new file gets from open(): 0o666 less the umask."""
     return 0o666 & ~current_umask()
+
+
+def cache_root() -> Path:
+    """codelm's cache folder: $CODELM_CACHE_DIR, else $XDG_CACHE_HOME/codelm, else ~/.cache/codelm."""
+    if os.environ.get("CODELM_CACHE_DIR"):
+        return Path(os.environ["CODELM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "codelm"
 
 
 def iter_jsonl(path: str | Path, what: str = "it") -> Iterator[tuple[int, dict]]:
@@ -121,7 +133,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (no display needed); imported on first use."""
-    import matplotlib
+    import matplotlib  # late: heavy, and only plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -296,3 +308,33 @@ def mark_output(path: str | Path, kind: str) -> None:
     markers = {n: e for n, e in markers.items() if (path.parent / n).exists()}  # forget deleted files
     markers[path.name] = {"kind": kind, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     atomic_write(path.parent / FILE_MARKERS, json.dumps(markers, indent=1, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------- run folders
+def open_run(out: str | Path, settings: dict, resume: bool, *, kind: str, header: dict) -> dict:
+    """The record (OUT/run.json) of a resumable run folder: a new one (`header` plus `settings`; the
+    folder is made and marked as codelm's `kind` output), or the one already there when `resume` is
+    given and its settings are these. A folder holding another run, or a run without `resume`, is
+    refused with one line. The caller writes the record (write_json) as the run advances."""
+    out = Path(out)
+    path = out / "run.json"
+    if path.exists():
+        try:
+            run = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            run = None
+        if not isinstance(run, dict):
+            raise CodelmError(f"{path}: not a codelm {kind} run file; use another --out folder")
+        if not resume:
+            name = (run.get("settings") or {}).get("benchmark") if isinstance(run.get("settings"), dict) else None
+            raise CodelmError(f"{out} already holds a run ({kind}{', ' + str(name) if name else ''}): "
+                              "pass --resume to continue it, or choose another --out folder")
+        was = run.get("settings") if isinstance(run.get("settings"), dict) else {}
+        if was != settings:
+            diff = {k: (was.get(k), v) for k, v in settings.items() if was.get(k) != v}
+            raise CodelmError(f"{path}: this folder holds a run with other settings (the different settings, "
+                              f"was and now: {diff}); use another --out folder, or the same settings to resume")
+        return run
+    out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, kind)
+    return {**header, "settings": settings}

@@ -33,9 +33,12 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from codelm.data.instruct import parse_tests, tagged_program
 from codelm.errors import CodelmError, ConfigError
-from codelm.files import write_json, write_jsonl
+from codelm.evaluate.sandbox import Limits, PythonJob, SandboxConfig, SandboxPool
+from codelm.files import claim_output, open_run, write_json, write_jsonl
 from codelm.generate.backends import GenerationCache, Request, generate_all, make_backend
 
 RUN_VERSION = 1
@@ -297,10 +300,6 @@ def stage_solutions(cfg: SelfInstructConfig, backend, out: Path, tests: list[dic
 def stage_execute(cfg: SelfInstructConfig, out: Path, tests: list[dict], solutions: list[dict]
                   ) -> tuple[list[dict], dict]:
     """Run solutions attempt by attempt (all questions in parallel); a question is done at its first pass."""
-    from tqdm import tqdm
-
-    from codelm.evaluate.sandbox import Limits, PythonJob, SandboxConfig, SandboxPool
-
     journal_path = out / "verdicts.jsonl"
     done: dict[tuple[str, int], dict] = {}
     if journal_path.exists():
@@ -400,34 +399,14 @@ def to_dialog(triplet: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- the pipeline
-def _open_run(out: Path, cfg: SelfInstructConfig) -> dict:
-    path = out / "run.json"
-    settings = cfg.settings()
-    if path.exists():
-        try:
-            run = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise CodelmError(f"{path}: not a codelm selfinstruct run file; use another --out folder") from None
-        if run.get("settings") != settings:
-            diff = {k: (run.get("settings", {}).get(k), v) for k, v in settings.items()
-                    if run.get("settings", {}).get(k) != v}
-            raise CodelmError(f"{path}: this folder holds a run with other settings (was, now): {diff}; "
-                              "use another --out folder")
-        return run
-    out.mkdir(parents=True, exist_ok=True)
-    from codelm.files import mark_output
-
-    mark_output(out, "selfinstruct")
-    return {"codelm_selfinstruct_run": RUN_VERSION, "settings": settings}
-
-
 def run_selfinstruct(cfg: SelfInstructConfig, backends: dict | None = None) -> dict:
     """Run (or resume) the four stages; returns the summary. `backends` maps stage names to backend
     objects (tests), else each stage's StageModel is opened."""
     if cfg.n_tests < 1 or cfg.n_solutions < 1 or cfg.question_prompts < 1:
         raise ConfigError("--tests, --solutions and --question-prompts must be at least 1")
     out = Path(cfg.out)
-    run = _open_run(out, cfg)
+    # A run folder always continues the run it holds (its stages' caches make that cheap).
+    run = open_run(out, cfg.settings(), True, kind="selfinstruct", header={"codelm_selfinstruct_run": RUN_VERSION})
     backends = dict(backends or {})
     opened: dict[tuple, object] = {}
     for stage in STAGES:
@@ -497,8 +476,6 @@ def selfinstruct_main(*, out: str, model: str | None = None, backend: str = "nat
         timeout=timeout, progress=sys.stderr.isatty())
     if temperature is not None:
         cfg.question_temperature = cfg.solution_temperature = temperature
-    from codelm.files import claim_output
-
     claim_output(out, "selfinstruct", folder=True, force=force, what="run folder",
                  legacy=lambda p: (p / "run.json").exists())
     return run_selfinstruct(cfg)

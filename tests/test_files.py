@@ -1,8 +1,14 @@
-"""codelm/files.py: atomic writes (all or nothing, errors propagate, no temp file left) and JSONL reading."""
+"""codelm/files.py: atomic writes (all or nothing, errors propagate, no temp file left), JSONL reading, run
+folders (open_run) and the one cache folder (cache_root)."""
+from pathlib import Path
+
 import pytest
 
-from codelm.errors import DataError
-from codelm.files import atomic_write, atomic_write_bytes, atomic_write_stream, iter_jsonl
+from codelm.benchdata import files as benchdata_files
+from codelm.errors import CodelmError, DataError
+from codelm.evaluate.refcache import ReferenceCache
+from codelm.files import (atomic_write, atomic_write_bytes, atomic_write_stream, cache_root, is_codelm_output,
+                          iter_jsonl, open_run, write_json)
 
 
 def test_atomic_writes_replace_whole_files_and_leave_no_temp_files(tmp_path):
@@ -57,3 +63,37 @@ def test_append_log_drops_a_torn_last_line_and_refuses_another_run(tmp_path):
     with pytest.raises(DataError, match="belongs to another run"):
         AppendLog(path, {"run": 2}).read()
     assert AppendLog(tmp_path / "none.jsonl", {"run": 1}).read() is None
+
+
+def test_open_run_starts_resumes_and_refuses_another_run(tmp_path):
+    out = tmp_path / "run"
+    run = open_run(out, {"benchmark": "humaneval", "n": 1}, False, kind="eval-run", header={"codelm_eval_run": 1})
+    assert run == {"codelm_eval_run": 1, "settings": {"benchmark": "humaneval", "n": 1}}
+    assert is_codelm_output(out, "eval-run")  # the folder is marked as codelm's own
+    write_json(out / "run.json", {**run, "state": "generating"})
+    with pytest.raises(CodelmError, match="already holds a run .*pass --resume"):
+        open_run(out, {"benchmark": "humaneval", "n": 1}, False, kind="eval-run", header={})
+    assert open_run(out, {"benchmark": "humaneval", "n": 1}, True, kind="eval-run", header={})["state"] == "generating"
+    with pytest.raises(CodelmError, match=r"other settings \(the different settings, was and now: \{'n': \(1, 2\)\}"):
+        open_run(out, {"benchmark": "humaneval", "n": 2}, True, kind="eval-run", header={})
+    (out / "run.json").write_text("[1, 2]\n")
+    with pytest.raises(CodelmError, match="not a codelm eval-run run file"):
+        open_run(out, {}, True, kind="eval-run", header={})
+
+
+def test_one_cache_root_for_downloads_and_reference_results(tmp_path, monkeypatch):
+    class Benchmark:
+        name = "humaneval+"
+        reference_identity = {"data_sha256": "0" * 64, "checker": "1" * 64}
+
+    monkeypatch.delenv("CODELM_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "codelm"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "codelm"
+    assert benchdata_files.cache_dir() == cache_root() / "data"
+    assert ReferenceCache.for_benchmark(Benchmark()).folder.parent == cache_root() / "reference"
+    monkeypatch.setenv("CODELM_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_root() == Path(tmp_path / "mine") and benchdata_files.cache_dir() == tmp_path / "mine" / "data"
+    assert ReferenceCache.for_benchmark(Benchmark()).folder.parent == tmp_path / "mine" / "reference"

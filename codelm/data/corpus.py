@@ -33,6 +33,7 @@ import json
 import keyword
 import os
 import re
+import shutil
 import subprocess
 import sysconfig
 import time
@@ -42,9 +43,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from codelm.data.decontam import BenchmarkIndex, build_benchmark_index, fingerprint_data_dir
-from codelm.files import atomic_write_stream, iter_jsonl
+from codelm.files import atomic_write_stream, claim_output, iter_jsonl, mark_output
 from codelm.errors import ConfigError, DataError
 
 # ----------------------------------------------------------------- languages
@@ -163,7 +165,7 @@ def resolve_sources(sources: list[str] | None, work_dir: Path) -> list[Source]:
                                    capture_output=True, text=True)
                 if r.returncode != 0:
                     raise DataError(f"corpus: cannot clone {s}: {r.stderr.strip() or r.stdout.strip()}")
-                os.replace(tmp, dest)
+                os.replace(tmp, dest)  # a folder swap: a clone is in place whole or not at all
             root, git = dest, True
         else:
             root = Path(s).expanduser()
@@ -178,8 +180,6 @@ def resolve_sources(sources: list[str] | None, work_dir: Path) -> list[Source]:
 
 
 def _rmtree(p: Path) -> None:
-    import shutil
-
     shutil.rmtree(p, ignore_errors=True)
 
 
@@ -261,7 +261,7 @@ def shingles(text: str, k: int, language: str | None = "python") -> set[bytes]:
 
 
 def minhash_of(text: str, k: int, num_perm: int, language: str | None = "python"):
-    from datasketch import MinHash
+    from datasketch import MinHash  # late: datasketch loads scipy (~0.8 s), only near-dedup needs it
 
     m = MinHash(num_perm=num_perm, scheme=MINHASH_SCHEME)
     m.update_batch(sorted(shingles(text, k, language)))
@@ -269,7 +269,7 @@ def minhash_of(text: str, k: int, num_perm: int, language: str | None = "python"
 
 
 def _minhash(sig: list[int], num_perm: int):
-    from datasketch import MinHash
+    from datasketch import MinHash  # late: datasketch loads scipy (~0.8 s), only near-dedup needs it
 
     return MinHash(num_perm=num_perm, scheme=MINHASH_SCHEME, hashvalues=np.asarray(sig, dtype=np.uint64))
 
@@ -350,8 +350,6 @@ class CorpusReport:
 
 def build_corpus(out: str | Path, sources: list[str] | None = None, data_dir: str | None = None,
                  opts: CorpusOptions | None = None, show_progress: bool = True) -> CorpusReport:
-    from tqdm import tqdm
-
     opts = opts or CorpusOptions()
     opts.check()
     t0 = time.time()
@@ -402,7 +400,7 @@ def build_corpus(out: str | Path, sources: list[str] | None = None, data_dir: st
         removed.append({"path": rec["path"], "reason": reason, **({"detail": detail} if detail else {})})
 
     seen_sha: dict[str, str] = {}
-    from datasketch import MinHashLSH
+    from datasketch import MinHashLSH  # late: datasketch loads scipy (~0.8 s)
 
     lsh = MinHashLSH(threshold=opts.near_dup_threshold, num_perm=opts.num_perm)
     signatures = {}
@@ -529,7 +527,6 @@ def corpus_main(out: str | Path, *, source: list[str] | None = None, data_dir: s
         opts.exclude = list(exclude)
     if max_file_bytes:
         opts.max_bytes = max_file_bytes
-    from codelm.files import claim_output, mark_output
 
     claim_output(out, "corpus", folder=True, force=force, what="corpus folder",
                  legacy=lambda p: (p / ".work").is_dir() or (p / "report.json").exists())

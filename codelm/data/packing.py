@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from codelm.data.fim import FimSettings, encode_document, require_fim_tokens
 from codelm.errors import ConfigError, DataError
@@ -187,8 +189,6 @@ def build_token_file(texts: Iterable[str], tokenizer, path: str | Path, seq_len:
 
     An existing complete file built with the same tokenizer and settings is reused as it is.
     """
-    from tqdm import tqdm
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if seq_len < 16:
@@ -265,6 +265,8 @@ def build_token_file(texts: Iterable[str], tokenizer, path: str | Path, seq_len:
     meta.pad_tokens = packer.pad_tokens
     meta.n_sequences = (meta.n_tokens - 1) // seq_len
     meta.complete = True
+    # A streamed writer: the token file grows over a long, resumable run (appended, fsynced at each
+    # checkpoint of progress), so it is renamed into place here rather than written by files.py.
     os.replace(partial, path)
     write_json(meta_path, asdict(meta))
     progress_path.unlink(missing_ok=True)
@@ -318,8 +320,6 @@ def make_batch(rows: list[np.ndarray], pad_id: int | None, pad_is_eos: bool = Fa
 
     A tokenizer without a pad token (Llama's SentencePiece) pads with EOS; then only an EOS that
     follows an EOS is padding, so every document's own EOS is still a target."""
-    import torch
-
     arr = np.stack(rows)
     x = torch.from_numpy(arr[:, :-1].copy())
     y = torch.from_numpy(arr[:, 1:].copy())

@@ -22,15 +22,17 @@ import time
 from pathlib import Path
 
 from codelm.errors import CodelmError, ConfigError
-from codelm.files import atomic_write, claim_output, mark_output, write_json
+from codelm.files import atomic_write, claim_output, open_run, write_json
 from codelm.evaluate import report as report_mod
 from codelm.evaluate.benchmarks import multipl_e
 from codelm.evaluate.eval_config import EvalConfig
 from codelm.evaluate.protocols import extract_code, get_protocol
-from codelm.evaluate.scorers import ScoreOptions, score_samples
+from codelm.evaluate.scorers import score_samples
+from codelm.evaluate.scoring import ScoreOptions
 from codelm.generate.backends import GenerationCache, Request, generate_all, make_backend
 
 RUN_VERSION = 1
+PYTHON_SCORERS = ("humaneval", "mbpp", "evalplus")  # a chat answer's code block is the sample
 
 
 def decoding(cfg: EvalConfig, protocol) -> dict:
@@ -57,23 +59,9 @@ def _settings(cfg: EvalConfig, protocol, dec: dict) -> dict:
 def _open_run(out: Path, cfg: EvalConfig, settings: dict) -> dict:
     claim_output(out, "eval-run", folder=True, force=cfg.force,
                  what="run folder", legacy=lambda p: (p / "run.json").exists())
-    run_path = out / "run.json"
-    if run_path.exists():
-        try:
-            previous = json.loads(run_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise CodelmError(f"{run_path}: not a codelm eval run file; use another --out folder") from None
-        if not cfg.resume:
-            raise CodelmError(f"{out} already holds an eval run ({previous.get('settings', {}).get('benchmark')}): "
-                              "pass --resume to continue it, or choose another --out folder")
-        if previous.get("settings") != settings:
-            diff = {k: (previous.get("settings", {}).get(k), v) for k, v in settings.items()
-                    if previous.get("settings", {}).get(k) != v}
-            raise CodelmError(f"{run_path}: --resume with different settings (was, now): {diff}")
-        return previous
-    out.mkdir(parents=True, exist_ok=True)
-    mark_output(out, "eval-run")
-    return {"codelm_eval_run": RUN_VERSION, "settings": settings, "timing": {}}
+    run = open_run(out, settings, cfg.resume, kind="eval-run", header={"codelm_eval_run": RUN_VERSION})
+    run.setdefault("timing", {})
+    return run
 
 
 def build_requests(tasks, protocol, dec: dict, chat: bool) -> list[tuple[Request, int]]:
@@ -92,7 +80,7 @@ def build_requests(tasks, protocol, dec: dict, chat: bool) -> list[tuple[Request
 
 
 def to_sample(protocol, task, raw: str, sample: int, chat: bool) -> dict:
-    if chat and task.suffix is None and protocol.scorer == "runner":
+    if chat and task.suffix is None and protocol.scorer in PYTHON_SCORERS:
         code = extract_code(raw)
         # The scorer puts the benchmark's prompt in front of a HumanEval completion; a whole function
         # written after it simply redefines the stub.
@@ -112,7 +100,7 @@ def run_eval(cfg: EvalConfig, backend=None) -> dict:
             raise ConfigError(f"--limit must be at least 1, got {cfg.limit}")
         tasks = tasks[:cfg.limit]
     if protocol.scorer == "multipl-e":  # a toolchain that cannot run would score every sample 0: stop first
-            multipl_e.check_toolchain(protocol.benchmark.removeprefix("multipl-e-"), cfg.sandbox)
+        multipl_e.check_toolchain(protocol.benchmark.removeprefix("multipl-e-"), cfg.sandbox)
     settings = _settings(cfg, protocol, dec)
     out = Path(cfg.out or os.path.join("eval-runs", protocol.name))
     run = _open_run(out, cfg, settings)

@@ -4,7 +4,8 @@ A reference job runs a task's canonical solution on every input (seconds for the
 gigabytes of work in all); its outputs depend only on the data file, codelm's checker and the
 interpreter, so a second `codelm score` of the same benchmark reads them back instead.
 
-Location: $CODELM_CACHE_DIR/reference/ (default ~/.cache/codelm, or $XDG_CACHE_HOME/codelm), one
+Location: codelm.files.cache_root()/reference/ ($CODELM_CACHE_DIR, else $XDG_CACHE_HOME/codelm, else
+~/.cache/codelm), one
 folder per identity (benchmark, sha256 of its data file, fingerprint of the checker sources, Python
 version, CACHE_VERSION) and one file per task:
 
@@ -20,25 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sys
 from pathlib import Path
 
 from codelm.errors import warn
-from codelm.files import atomic_write_bytes
+from codelm.files import atomic_write_bytes, cache_root
 
 CACHE_VERSION = 2  # bump when the meaning of a cached entry changes (the checker sources are hashed anyway)
 MAGIC = b"CODELMREF2\n"
-
-
-def cache_root() -> Path:
-    """codelm's cache folder: $CODELM_CACHE_DIR, else $XDG_CACHE_HOME/codelm, else ~/.cache/codelm."""
-    if os.environ.get("CODELM_CACHE_DIR"):
-        return Path(os.environ["CODELM_CACHE_DIR"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "codelm"
-    return Path(os.path.expanduser("~")) / ".cache" / "codelm"
 
 
 class ReferenceCache:

@@ -20,10 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from codelm.errors import CheckpointError
+from codelm.files import DIR_MARKER, claim_output, current_umask, file_mode
 from codelm.model.config import ModelConfig
 from codelm.model.llama import Transformer
+from codelm.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
@@ -221,13 +225,13 @@ class _AtomicDir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
-        from codelm.files import DIR_MARKER, current_umask, file_mode
 
         (self.tmp / DIR_MARKER).write_text(json.dumps({"kind": "checkpoint", "written_by": "codelm"}) + "\n")
         os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
         for f in self.tmp.rglob("*"):
             if f.is_file():
                 os.chmod(f, file_mode())  # safetensors writes 0600
+        # A folder swap (files.py writes single files): the new folder takes the old one's place whole.
         if self.dst.exists():
             old = self.dst.with_name(f".{self.dst.name}.old-{os.getpid()}")
             os.replace(self.dst, old)
@@ -241,8 +245,6 @@ class _AtomicDir:
 def save_hf(model: Transformer, directory, tokenizer=None, dtype=None, max_shard_size: str | int = "5GB",
             extra_files: dict[str, str] | None = None) -> Path:
     """Save in the HF layout so transformers' LlamaForCausalLM.from_pretrained opens it."""
-    from safetensors.torch import save_file
-
     sd = to_hf_state_dict(model)
     if dtype is not None:
         dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
@@ -404,9 +406,6 @@ def read_config(path) -> ModelConfig:
 
 
 def load_hf(path, dtype=None, device="cpu") -> tuple[Transformer, ModelConfig]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     p = Path(path)
     config = config_from_hf(_read_json(p / "config.json"), str(p / "config.json"))
     index = p / "model.safetensors.index.json"
@@ -537,8 +536,6 @@ def load(path, dtype=None, device="cpu", tokenizer: bool = True) -> Loaded:
     if tokenizer:
         tdir = find_tokenizer_path(path)
         if tdir is not None:
-            from codelm.tokenizer import Tokenizer
-
             tok = Tokenizer.load(tdir)
             if tok.vocab_size > config.vocab_size:
                 raise CheckpointError(f"{tdir}: tokenizer has {tok.vocab_size} tokens but the model's "
@@ -547,8 +544,6 @@ def load(path, dtype=None, device="cpu", tokenizer: bool = True) -> Loaded:
 
 
 def convert_main(src, dst, dtype=None, max_shard_size="5GB", force: bool = False) -> int:
-    from codelm.files import claim_output
-
     claim_output(dst, "checkpoint", folder=True, force=force, inputs=[src], what="converted checkpoint")
     _parse_size(max_shard_size)
     loaded = load(src, tokenizer=True)

@@ -64,7 +64,7 @@ def resolve_tokenizer(recipe: Recipe, run_dir: Path, info: D.DistInfo, show_prog
             tok.save(tmp)
             (tmp / stamp.name).write_text(json.dumps(want, indent=1))
             shutil.rmtree(tok_dir, ignore_errors=True)
-            os.replace(tmp, tok_dir)
+            os.replace(tmp, tok_dir)  # a folder swap (files.py writes files): the whole tokenizer or none
     D.barrier(info)
     return Tokenizer.load(tok_dir)
 
@@ -248,6 +248,7 @@ def place_model(model, config, t: TrainSection, info: D.DistInfo):
 def _shard_from_rank0(model, config, info: D.DistInfo):
     """Shard the model; rank 0's weights are broadcast into every process's shards.
     The other ranks pass None and start from an empty (meta device) model."""
+    # late: torch.distributed.checkpoint takes ~2 s to import
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     full = {k: v.detach().clone() for k, v in model.state_dict().items()} if info.is_main else {}

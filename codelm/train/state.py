@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codelm.files import atomic_write, atomic_write_stream
 from codelm.model.checkpoint import build_model, save_hf
 from codelm.train import distributed as D
 
@@ -53,10 +54,11 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, config, tokenize
         save_model_state(model_state, config, staging, tokenizer)
         torch.save(optim_state, staging / OPTIMIZER_STATE)
         # Written last: a folder with trainer_state.pt is a complete checkpoint.
-        torch.save(dict(trainer_state, rng=rng_state()), staging / (TRAINER_STATE + ".tmp"))
-        os.replace(staging / (TRAINER_STATE + ".tmp"), staging / TRAINER_STATE)
+        state = dict(trainer_state, rng=rng_state())
+        atomic_write_stream(staging / TRAINER_STATE, lambda f: torch.save(state, f), binary=True)
         if final.exists():
             shutil.rmtree(final)
+        # A folder swap (files.py writes files): the staged checkpoint takes its place whole.
         os.replace(staging, final)
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -125,9 +127,7 @@ class MetricsLog:
                     break           # a line torn by a kill
                 if rec.get("step", 0) <= keep_until_step:
                     kept.append(line + "\n")
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, "".join(kept))
         self.f = open(path, "a", encoding="utf-8")
 
     def write(self, rec: dict) -> None:
