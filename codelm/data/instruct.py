@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from codelm.data.packing import IGNORE_INDEX, MixedStream, make_batch, token_dtype, tokenizer_fingerprint
 from codelm.files import atomic_write_bytes, iter_jsonl
@@ -264,8 +265,6 @@ class InstructFile:
 
 def batch_of(f, indices: list[int]):
     """(inputs, targets) for rows of a token file or an instruct file (assistant-only targets there)."""
-    import torch
-
     x, y = make_batch([f.sequence(k) for k in indices], f.pad_id)
     if isinstance(f, InstructFile):
         # Targets come from the mask alone: an EOS ending an answer is trained even when pad == EOS.
@@ -295,8 +294,6 @@ class MaskedMixedStream(MixedStream):
 
     def target_weights(self, picks, y):
         """[B, T] loss weights of the targets y of the picked rows, or None when each target counts once."""
-        import torch
-
         if self._uniform:
             return None
         w = torch.zeros(y.shape, dtype=torch.float32)
@@ -311,8 +308,6 @@ class MaskedMixedStream(MixedStream):
         return w * (y != IGNORE_INDEX)
 
     def fetch(self, picks):
-        import torch
-
         x, y = super().fetch(picks)
         for r, (s, k) in enumerate(picks):
             if isinstance(self.files[s], InstructFile):

@@ -31,8 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from codelm.data.corpus import corpus_texts
 from codelm.errors import ConfigError, DataError
+from codelm.files import atomic_write, mark_output
+from codelm.model.checkpoint import load
+from codelm.model.llama import KVCache
 
 KEY_FUNCTION = ('def {name}() -> int:\n    return "Note that this function is used at the end"\n'
                 '    return {value}\n')
@@ -46,8 +51,6 @@ _FIRST_NUMBER = re.compile(r"\s*(\d+)")
 # ------------------------------------------------------------- held-out text
 def held_out_texts(corpus: str | Path, split: str = "valid") -> list[str]:
     """The texts of a corpus folder's split (or of a JSONL file with "text"), in file order."""
-    from codelm.data.corpus import corpus_texts
-
     texts = [t for t in corpus_texts(corpus, split) if t.strip()]
     if not texts:
         raise DataError(f"{corpus}: the {split} split holds no text")
@@ -134,8 +137,6 @@ def window_losses(model, docs: list[np.ndarray], length: int, stride: int | None
 def perplexity_by_length(model, docs: list[np.ndarray], lengths: list[int], batch_size: int = 4,
                          progress: bool = False, desc: str = "perplexity") -> dict[int, dict]:
     """{length: {"loss", "ppl", "tokens"}}: the same tokens scored with each context length."""
-    from tqdm import tqdm
-
     model.eval()
     out = {}
     for n in tqdm(lengths, desc=desc, disable=not progress, leave=False):
@@ -228,8 +229,6 @@ def answer_of(text: str) -> str:
 @torch.no_grad()
 def greedy_continuations(model, prompts: list[list[int]], tokenizer, max_new_tokens: int = 4) -> list[str]:
     """Greedy continuations of equal-length prompts (one prefill, then cached steps)."""
-    from codelm.model.llama import KVCache
-
     x = torch.tensor(prompts, dtype=torch.long)
     B, T = x.shape
     cache = KVCache(model.config, B, T + max_new_tokens, dtype=model.tok_embeddings.weight.dtype)
@@ -265,8 +264,6 @@ def key_retrieval_accuracy(model, tokenizer, examples: list[RetrievalExample], b
 def retrieval_grid(model, tokenizer, filler: np.ndarray, lengths: list[int], positions: list[float], n: int,
                    seed: int = 0, batch_size: int = 8, progress: bool = False, desc: str = "key retrieval") -> dict:
     """{"LENGTH@POSITION": accuracy} over every length and position, n examples each."""
-    from tqdm import tqdm
-
     cells = [(length, p) for length in lengths for p in positions]
     out = {}
     for length, p in tqdm(cells, desc=desc, disable=not progress, leave=False):
@@ -321,8 +318,6 @@ def longctx_main(*, model: str, corpus: str, split: str = "valid", benchmark: st
                  threads: int | None = None, out: str | None = None) -> int:
     """`codelm lab longctx --model DIR --corpus DIR`: perplexity by length, key retrieval, position sweep
     (flags in codelm/cli.py; `lengths` and `positions` as typed there, e.g. 'L/4,L,4L' and '0,0.2,0.4')."""
-    from codelm.model.checkpoint import load
-
     loaded = load(model, dtype=torch.float32)
     model_dir, model, tok = model, loaded.model.eval(), loaded.tokenizer
     if tok is None:
@@ -355,8 +350,6 @@ def longctx_main(*, model: str, corpus: str, split: str = "valid", benchmark: st
         for k, v in {**grid, **sweep}.items():
             print(f"key retrieval {k:>14}: {v:.1%}")
     if out:
-        from codelm.files import atomic_write, mark_output
-
         path = Path(out)
         atomic_write(path, json.dumps(result, indent=1))
         mark_output(path, "longctx-results")

@@ -37,6 +37,7 @@ import marshal
 import os
 import queue
 import select
+import shutil
 import struct
 import subprocess
 import sys
@@ -355,8 +356,6 @@ class Worker:
 
 
 def _remove_stage_dir(path: str) -> None:
-    import shutil
-
     for _ in range(100):  # the namespace holding the mount goes away just after its last process
         try:
             os.rmdir(path)
@@ -693,8 +692,6 @@ def run_command(argv: list[str] | list[CommandStep], files: dict | None = None, 
         steps = [CommandStep(argv=list(argv), limits=limits or Limits(output_bytes=1 << 16))]
     encoded = None
     if files is not None:
-        import base64
-
         encoded = {name: {"base64": base64.b64encode(data).decode()} if isinstance(data, bytes) else {"text": data}
                    for name, data in files.items()}
     with SandboxPool(workers=1, mode=mode, config=SandboxConfig(extra_paths=tuple(extra_paths))) as pool:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from codelm.errors import ConfigError
+from codelm.model.positions import scaling_type
 
 
 @dataclass
@@ -57,8 +58,6 @@ class ModelConfig:
         if self.position_encoding not in ("rope", "alibi"):
             raise ConfigError(f"model config: position_encoding must be 'rope' or 'alibi', got "
                               f"{self.position_encoding!r}")
-        from codelm.model.positions import scaling_type
-
         scaling_type(self.rope_scaling)  # validates type and factor
         if (self.dim // self.n_heads) % 2:
             raise ConfigError(f"model config: head dim {self.dim // self.n_heads} must be even for RoPE")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from codelm.model.config import ModelConfig
+from codelm.model.checkpoint import read_config
 
 
 def _describe(config: ModelConfig) -> dict:
@@ -28,8 +29,6 @@ def info_main(preset: str | None = None, model: str | None = None) -> int:
     if preset:
         config, name = ModelConfig.from_preset(preset), f"preset {preset}"
     else:
-        from codelm.model.checkpoint import read_config  # torch: only for a checkpoint
-
         config, name = read_config(model), model
     d = _describe(config)
     print(f"{name}: {d['parameters_human']} parameters ({d['parameters']:,})")

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from codelm.errors import ConfigError
+
 
 @dataclass
 class DistInfo:
@@ -50,8 +52,6 @@ def init_distributed(device: str = "auto") -> DistInfo:
     """Join torchrun's process group if there is one; pick this process's device."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if device == "cuda" and not torch.cuda.is_available():
-        from codelm.errors import ConfigError
-
         raise ConfigError("train.device is 'cuda' but no GPU is available")
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         dev = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
@@ -75,7 +75,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 def shard_model(model: torch.nn.Module, info: DistInfo, bf16_params: bool = False) -> torch.nn.Module:
     """FSDP2: shard each block, then the root. Parameters become DTensors in place."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # late: only a sharded run needs FSDP
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_params else None
     kwargs = {"mp_policy": mp} if mp is not None else {}
@@ -119,6 +119,7 @@ def cleanup(info: DistInfo) -> None:
 
 # ---------------------------------------------------------- state dicts
 def _options(full: bool, **kw):
+    # late: torch.distributed.checkpoint takes ~2 s to import
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     return StateDictOptions(full_state_dict=full, cpu_offload=True, **kw)
@@ -128,6 +129,7 @@ def full_model_state(model: torch.nn.Module, info: DistInfo) -> dict:
     """Unsharded CPU tensors (on rank 0; other ranks get an empty dict when sharded)."""
     if not info.enabled:
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # late: torch.distributed.checkpoint takes ~2 s to import
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     return get_model_state_dict(model, options=_options(True))
@@ -135,6 +137,7 @@ def full_model_state(model: torch.nn.Module, info: DistInfo) -> dict:
 
 def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
     """The optimizer's state keyed by parameter names, unsharded (rank 0), so any process count can resume it."""
+    # late: torch.distributed.checkpoint takes ~2 s to import
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     return get_optimizer_state_dict(model, optimizer, options=_options(True))
@@ -143,6 +146,7 @@ def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
 def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
                               info: DistInfo) -> None:
     """Inverse of full_optimizer_state; when sharded, rank 0's copy is scattered to the others."""
+    # late: torch.distributed.checkpoint takes ~2 s to import
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     opts = _options(True, broadcast_from_rank0=True) if info.enabled else _options(True)

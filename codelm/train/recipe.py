@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codelm.errors import ConfigError
+from codelm.model.config import PRESETS, ModelConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"  # shipped inside the package
 
@@ -337,12 +338,8 @@ def validate(r: Recipe) -> None:
     if (m.preset is None) == (m.init_from is None):
         raise ConfigError(f"{w}: set exactly one of model.preset and model.init_from")
     if m.preset is not None:
-        from codelm.model.config import PRESETS
-
         if m.preset not in PRESETS:
             raise ConfigError(f"{w}: model.preset '{m.preset}' is unknown; choose one of {sorted(PRESETS)}")
-    from codelm.model.config import ModelConfig
-
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     bad = sorted(set(m.config) - known)
     if bad:
