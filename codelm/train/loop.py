@@ -42,7 +42,7 @@ from codelm.train.setup import (init_from_config, make_optimizer, model_config_f
 from codelm.train.state import (MetricsLog, list_checkpoints, read_trainer_state, restore_optimizer,
                                 save_checkpoint, save_model_state, set_rng_state)
 from codelm.train.step import autocast_for, evaluate, train_step
-from codelm.files import claim_output, mark_output
+from codelm.files import atomic_write, claim_output, mark_output
 
 
 # ---------------------------------------------------------------------- plan
@@ -210,7 +210,7 @@ def _start_run(recipe: Recipe, run_dir: Path, resume: bool, show_progress: bool,
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         mark_output(run_dir, "train-run")
-        (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))
+        atomic_write(run_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=1))
         if resume and resume_from is None and show_progress:
             print(f"train: no checkpoint in {run_dir}; starting from the beginning")
     D.barrier(info)
@@ -334,7 +334,7 @@ def _finish(plan: Plan, s: Session, progress: Progress, finished_before: bool, s
         save_model_state(model_state, s.config, final_dir, s.tokenizer)
         summary = {"steps": progress.step, "train_loss": progress.train_loss, "valid_loss": progress.valid_loss,
                    "tokens": progress.tokens, "seconds": progress.elapsed(), "final": str(final_dir)}
-        (plan.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        atomic_write(plan.run_dir / "summary.json", json.dumps(summary, indent=1))
         if show_progress:
             print(f"train: done: {progress.step} steps, {progress.tokens:,} tokens; model in {final_dir}")
     elif s.info.is_main and show_progress:
