@@ -167,13 +167,15 @@ def _run_infill(args):
 def _add_score(sub):
     p = sub.add_parser("score", help="execute samples against a benchmark's tests in the sandbox and report pass@k")
     p.add_argument("--benchmark", required=True,
-                   help="humaneval, humaneval+, mbpp, mbpp+, humaneval-infilling-single-line, ..., multipl-e-LANG")
+                   help="humaneval(+), mbpp(+), humaneval-infilling-*, multipl-e-LANG, apps(-LEVEL), ds1000, gsm8k(-pal), "
+                        "lcc-*: every name in docs/scoring.md")
     p.add_argument("--samples", required=True, help="JSONL with task_id (MultiPL-E: or name) and completion per line")
     p.add_argument("--out", default=None, help="results JSONL (default: SAMPLES with _results.jsonl)")
     _add_force(p, "--out")
     p.add_argument("--workers", type=POSITIVE_INT, default=None, help="parallel workers (default: CPU count)")
     p.add_argument("--timeout", type=POSITIVE_FLOAT, default=None,
-                   help="floor of the per-task time limit in seconds (default: 3)")
+                   help="floor of the time limit in seconds (default: the benchmark's own: 3 per task, "
+                        "APPS 4 per test, DS-1000 120 per problem)")
     p.add_argument("--sandbox", default="auto", choices=["auto", "none", "rlimits", "namespaces"],
                    help="isolation of the executed code (default: auto, the strongest available)")
     p.add_argument("--data-dir", default=None, help="benchmark data folder (default: $CODELM_DATA_DIR or the download cache)")
