@@ -267,22 +267,34 @@ class Engine:
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         cos, sin = self._rope(pos[:, None], 1)
         keys = torch.arange(n, device=self.device)
-        mask = None
+        bias = None  # additive, [B, n_kv, heads per kv head, n]
         if self.model.alibi:
-            mask = alibi_bias(self.model.alibi_slopes, pos[:, None], keys[None]).masked_fill(
+            bias = alibi_bias(self.model.alibi_slopes, pos[:, None], keys[None]).masked_fill(
                 (keys[None] > pos[:, None])[:, None, None], float("-inf"))
+            bias = bias.view(B, self.n_kv, self.n_heads // self.n_kv, n).to(self.weights.stream_dtype)
         elif min(positions) != n - 1:  # rows at different positions: each sees its own written entries
-            mask = (keys[None] <= pos[:, None])[:, None, None]
+            bias = torch.zeros(B, 1, 1, n, dtype=self.weights.stream_dtype, device=self.device)
+            bias.masked_fill_((keys[None] > pos[:, None])[:, None, None], float("-inf"))
         rows = torch.arange(B, device=self.device)
         h = self.weights.embeddings[ids]
         for li, w in enumerate(self.weights.layers):
             q, k, v = self._qkv(w, h, cos, sin)
             self.k[li][rows, :, pos] = k[:, :, 0]
             self.v[li][rows, :, pos] = v[:, :, 0]
-            out = F.scaled_dot_product_attention(q, self.k[li, :B, :, :n], self.v[li, :B, :, :n], attn_mask=mask,
-                                                 enable_gqa=self.n_kv != self.n_heads)
-            h = self._rest_of_layer(w, h, out)
+            h = self._rest_of_layer(w, h, self._attend_one(q, self.k[li, :B, :, :n], self.v[li, :B, :, :n], bias))
         return self._logits(h[:, -1])
+
+    def _attend_one(self, q, k, v, bias):
+        """Attention of one query per row, as three small ops: CPU SDPA kernels tile for long queries and
+        spend most of a decoding step on a single one. q [B, H, 1, D]; k, v [B, n_kv, n, D]; query head h
+        reads kv head h // (H / n_kv), as in grouped-query attention."""
+        B, H, _, D = q.shape
+        q = q.reshape(B, self.n_kv, H // self.n_kv, D)
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(D ** -0.5)
+        if bias is not None:
+            scores += bias
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return out.view(B, H, 1, D)
 
     def _rope(self, positions, T):
         cos, sin = self.model._rope_for(positions, 0, T)
