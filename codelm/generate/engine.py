@@ -238,8 +238,14 @@ class Engine:
         self.k, self.v, self.cap = k, v, cap
 
     # ------------------------------------------------------------------ the forward pass
-    def _prefill(self, slot: int, prompt: list[int]) -> torch.Tensor:
-        """Run one prompt, writing its keys/values to `slot`; the last position's logits [V]."""
+    @torch.inference_mode()
+    def logits(self, tokens: list[int]) -> torch.Tensor:
+        """Logits [T, V] of every position of one sequence, in this engine's weight format (perplexity)."""
+        self._reserve(len(tokens))
+        return self._prefill(0, tokens, every=True)
+
+    def _prefill(self, slot: int, prompt: list[int], every: bool = False) -> torch.Tensor:
+        """Run one prompt, writing its keys/values to `slot`; the last position's logits [V] (every: [T, V])."""
         T = len(prompt)
         ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
         cos, sin = self._rope(None, T)
@@ -258,7 +264,7 @@ class Engine:
             else:
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=self.n_kv != self.n_heads)
             h = self._rest_of_layer(w, h, out)
-        return self._logits(h[:, -1])[0]
+        return self._logits(h[0]) if every else self._logits(h[:, -1])[0]
 
     def _decode(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
         """One token for each of the B live rows (slots 0..B-1), each at its position; logits [B, V]."""

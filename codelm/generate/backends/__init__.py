@@ -15,8 +15,11 @@ resumed without generating any sample twice.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+from tqdm import tqdm
 
 from codelm.errors import CodelmError, ConfigError, DataError
 from codelm.files import AppendLog
@@ -76,10 +79,6 @@ def generate_all(backend: Backend, items: list[tuple[Request, int]], cache: Gene
                  progress: bool = True, on_batch: Callable[[int], None] | None = None
                  ) -> tuple[list[Completion], GenerationStats]:
     """Completions for (request, sample index) pairs, in order; cached ones are not generated again."""
-    import time
-
-    from tqdm import tqdm
-
     stats = GenerationStats()
     results: list[Completion | None] = [None] * len(items)
     todo: dict[tuple, list[int]] = {}
