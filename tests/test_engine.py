@@ -169,3 +169,16 @@ def test_bad_engine_settings_are_one_line_errors():
         EngineConfig(max_batch=0)
     with pytest.raises(ConfigError, match="float16 is a GPU path"):
         weights.plan(EngineConfig(dtype="float16"), torch.device("cpu"), torch.float32)
+
+
+def test_prepared_weights_follow_the_model_when_it_changes(tok):
+    from codelm.generate.engine import prepared
+
+    m = tiny_llama(tok.vocab_size, seed=7)
+    config = EngineConfig(quantize="int8")
+    first = prepared(m, config)
+    assert prepared(m, config) is first  # prepared once
+    with torch.no_grad():
+        m.output.weight.mul_(2)  # trained in place, say
+    again = prepared(m, config)
+    assert again is not first and torch.equal(again.output.scale, first.output.scale * 2)

@@ -62,12 +62,14 @@ _PREPARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def prepared(model, config: EngineConfig) -> Weights:
-    """The model's weights for `config`, prepared once per model and format."""
+    """The model's weights for `config`, prepared once per model and format, and again after its weights
+    changed (moved, replaced, or trained in place: a tensor's version counter counts in-place writes)."""
     per_model = _PREPARED.setdefault(model, {})
     key = (config.dtype, config.quantize)
-    if key not in per_model:
-        per_model[key] = prepare(model, config)
-    return per_model[key]
+    stamp = tuple((p.data_ptr(), p._version, p.device) for p in model.parameters())
+    if key not in per_model or per_model[key][0] != stamp:
+        per_model[key] = (stamp, prepare(model, config))
+    return per_model[key][1]
 
 
 class Engine:

@@ -1,6 +1,6 @@
 """The generation engine's weights: each projection of a model prepared once as fp32, bf16 or int8.
 
-  float32   the model's own tensors (no copy; training the model afterwards changes what is generated)
+  float32   the model's own tensors (no copy)
   bfloat16  bf16 copies, matmuls in bf16 with fp32 accumulation; used on CPUs with bf16 units
             (avx512_bf16 or AMX); elsewhere a bf16 request falls back to float32, with a warning
   int8      weight-only int8 with one fp32 scale per output channel (symmetric, absmax / 127), through
