@@ -148,8 +148,8 @@ class Engine:
     # ------------------------------------------------------------------ rows
     def _admit(self, row: Row) -> None:
         T = len(row.prompt)
-        self._reserve(T + row.limit - 1)
         slot = len(self.live)
+        self._reserve(T + row.limit - 1, slot + 1)
         twin = next((r for r in self.live if r.prompt == row.prompt), None)
         if twin is not None:  # the same prompt is in a live slot: its first T cache entries are this prompt's
             src = self.live.index(twin)
@@ -226,17 +226,21 @@ class Engine:
             row.on_done(row)
 
     # ------------------------------------------------------------------ the cache
-    def _reserve(self, need: int) -> None:
-        need = max(need, 1)
-        if need <= self.cap:
+    def _reserve(self, need: int, slots: int = 1) -> None:
+        """Room for `need` positions in each of the first `slots` slots; grown by doubling, so a short
+        generation never allocates (and zeroes) the cache that max_batch x the context would take."""
+        have = 0 if self.k is None else self.k.shape[1]
+        need, slots = max(need, 1), min(self.slots, max(slots, 1))
+        if need <= self.cap and slots <= have:
             return
-        cap = max(need, 2 * self.cap)
-        shape = (len(self.weights.layers), self.slots, self.n_kv, cap, self.head_dim)
+        cap = self.cap if need <= self.cap else max(need, 2 * self.cap)
+        n = have if slots <= have else min(self.slots, max(slots, 2 * have))
+        shape = (len(self.weights.layers), n, self.n_kv, cap, self.head_dim)
         k = torch.zeros(shape, dtype=self.weights.stream_dtype, device=self.device)
         v = torch.zeros_like(k)
         if self.k is not None:
-            k[..., : self.cap, :] = self.k
-            v[..., : self.cap, :] = self.v
+            k[:, :have, :, : self.cap] = self.k
+            v[:, :have, :, : self.cap] = self.v
         self.k, self.v, self.cap = k, v, cap
 
     # ------------------------------------------------------------------ the forward pass
