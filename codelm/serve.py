@@ -16,6 +16,9 @@ that hang up mid-stream (their rows stop when the client is gone). Every request
 and its rows join one continuously batched engine (codelm/generate/engine.py; `--max-batch` rows decode
 together, a finished row's slot goes to the next waiting one), so concurrent requests share the batch
 instead of waiting in line, and each row's answer is what the request alone would get.
+
+(Over 500 lines: the OpenAI request checks, the three routes and the bridge between handler threads and
+the engine's thread are one protocol, read together when a route changes.)
 """
 from __future__ import annotations
 
