@@ -170,6 +170,10 @@ def test_bad_engine_settings_are_one_line_errors():
         EngineConfig(max_batch=0)
     with pytest.raises(ConfigError, match="float16 is a GPU path"):
         weights.plan(EngineConfig(dtype="float16"), torch.device("cpu"), torch.float32)
+    with pytest.raises(ConfigError, match="float16 is a GPU path"):  # said before any checkpoint is read
+        weights.load_for_engine("/nonexistent", EngineConfig(dtype="float16"), "cpu")
+    with pytest.raises(ConfigError, match="int8 is a CPU path"):
+        weights.check(EngineConfig(quantize="int8"), torch.device("cuda"))
 
 
 def test_prepared_weights_follow_the_model_when_it_changes(tok):

@@ -76,19 +76,25 @@ class Plan:
         return f"{self.weights} weights, {str(self.act_dtype).removeprefix('torch.')} activations"
 
 
+def check(config: EngineConfig, device: torch.device) -> None:
+    """Refuse what cannot run on this device (before anything is loaded)."""
+    cpu = device.type == "cpu"
+    if config.quantize == "int8" and not cpu:
+        raise ConfigError("--quantize int8 is a CPU path (torch's int8 weight-pack kernel); use --dtype on a GPU")
+    if cpu and config.dtype == "float16":
+        raise ConfigError("--dtype float16 is a GPU path; on a CPU use float32, bfloat16 or --quantize int8")
+
+
 def plan(config: EngineConfig, device: torch.device, model_dtype: torch.dtype) -> Plan:
     """The fastest correct path for this machine (falls back, with a warning, where a request cannot run)."""
+    check(config, device)
     cpu = device.type == "cpu"
     if config.quantize == "int8":
-        if not cpu:
-            raise ConfigError("--quantize int8 is a CPU path (torch's int8 weight-pack kernel); use --dtype on a GPU")
         return Plan("int8", torch.bfloat16 if has_bf16_units() else torch.float32)
     dtype = config.dtype
     if dtype == "auto":
         # Exact by default on a CPU: bf16 and int8 change the numbers (docs/serving.md has their cost).
         dtype = "float32" if cpu else str(model_dtype).removeprefix("torch.")
-    if cpu and dtype == "float16":
-        raise ConfigError("--dtype float16 is a GPU path; on a CPU use float32, bfloat16 or --quantize int8")
     if cpu and dtype == "bfloat16" and not has_bf16_units():
         if config.dtype == "bfloat16":
             warn("this CPU has no bf16 units (avx512_bf16/amx_bf16): --dtype bfloat16 falls back to float32")
@@ -163,6 +169,7 @@ def load_for_engine(path, config: EngineConfig, device: str | None = None):
     """A checkpoint loaded for the engine (codelm.model.checkpoint.Loaded): fp32 on a CPU, where the engine
     makes its own bf16/int8 copies; the requested dtype (bf16 for auto) on a GPU."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check(config, torch.device(device))
     if device == "cpu":
         dtype = "float32"
     else:
