@@ -14,14 +14,18 @@ Reading standard input that is not a terminal, it prints no prompt marks, so
 from __future__ import annotations
 
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, TextIO
 
-from codelm.errors import CodelmError
+from codelm.errors import CodelmError, warn
+from codelm.generate.engine import generate
 from codelm.generate.prompts import ChatFormatError, chat_stop_ids, chat_tokens, check_dialog
+from codelm.generate.sampler import SamplingParams
+from codelm.generate.weights import EngineConfig, load_for_engine
 
 
 @dataclass
@@ -35,21 +39,18 @@ class ChatSettings:
 class LocalModel:
     """A model in this process."""
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, engine: EngineConfig | None = None):
+        self.model, self.tokenizer, self.engine = model, tokenizer, engine
 
     def fits(self, messages: list[dict], settings: ChatSettings) -> bool:
         return len(chat_tokens(self.tokenizer, messages)) + settings.max_new_tokens <= self.model.config.max_seq_len
 
     def reply(self, messages: list[dict], settings: ChatSettings, on_text: Callable[[str], None]) -> str:
-        from codelm.generate.sampler import SamplingParams, generate
-
         tok = self.tokenizer
         params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                                 top_p=settings.top_p, seed=settings.seed)
-        pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
         gen = generate(self.model, [chat_tokens(tok, messages)], params, stop_ids=chat_stop_ids(tok),
-                       decode=tok.decode, pad_id=pad, on_text=lambda _row, text: on_text(text))[0]
+                       decode=tok.decode, on_text=lambda _row, text: on_text(text), engine=self.engine)[0]
         return gen.text
 
 
@@ -203,25 +204,17 @@ def chat_loop(engine, settings: ChatSettings, system: str | None = None, stdin: 
 def chat_main(*, model: str | None = None, url: str | None = None, served_model: str | None = None,
               api_key: str | None = None, system: str | None = None, max_new_tokens: int = 512,
               temperature: float = 0.2, top_p: float = 0.95, seed: int | None = None, stream: bool = True,
-              device: str | None = None, dtype: str | None = None) -> int:
+              device: str | None = None, engine: EngineConfig | None = None) -> int:
     """Entry point of `codelm chat` (flags in codelm/cli.py): exactly one of `model` (a checkpoint run here)
     and `url` (an OpenAI-compatible server)."""
-    import os
-
     if (model is None) == (url is None):
         raise CodelmError("give exactly one of --model DIR (run here) and --url URL (an OpenAI-compatible server)")
     if model is not None:
-        from codelm.errors import TokenizerError
-        from codelm.generate.backends import default_device
-        from codelm.model.checkpoint import load
-
-        device, dtype = default_device(device, dtype)
-        loaded = load(model, dtype=dtype, device=device)
-        if loaded.tokenizer is None:
-            raise TokenizerError(f"{model}: no tokenizer.json or tokenizer.model beside the checkpoint")
-        engine = LocalModel(loaded.model, loaded.tokenizer)
+        engine = replace(engine or EngineConfig(), max_batch=1)
+        loaded = load_for_engine(model, engine, device)
+        talker = LocalModel(loaded.model, loaded.tokenizer, engine)
     else:
-        engine = ServerModel(url, served_model, api_key or os.environ.get("OPENAI_API_KEY"))
+        talker = ServerModel(url, served_model, api_key or os.environ.get("OPENAI_API_KEY"))
     settings = ChatSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             seed=seed)
     if model is not None:
@@ -229,12 +222,10 @@ def chat_main(*, model: str | None = None, url: str | None = None, served_model:
         if settings.max_new_tokens > context // 2:
             # The same rule as complete/infill: cut to what the context allows, with a warning (here half
             # of it, so that the conversation keeps room too).
-            from codelm.errors import warn
-
             warn(f"--max-new-tokens {settings.max_new_tokens} leaves no room for the conversation in this model's "
                  f"maximum context length of {context} tokens; answers stop at {context // 2} tokens")
             settings.max_new_tokens = context // 2
     if sys.stdin.isatty():
         print("codelm chat: /system TEXT, /reset, /history, /exit (a line ending in \\ continues)", file=sys.stderr)
-    chat_loop(engine, settings, system=system, stream=stream)
+    chat_loop(talker, settings, system=system, stream=stream)
     return 0

@@ -126,12 +126,13 @@ def _add_sampling_args(p):
     p.add_argument("--stop", action="append", default=None, type=unescape,
                    help=f"stop sequence, output is cut before it (repeatable; {ESCAPES})")
     p.add_argument("--no-stream", action="store_true", help="print the result at the end instead of streaming")
+    _add_engine_flags(p, batch=False)
 
 
 def _sampling(args) -> dict:
     """The flags of _add_sampling_args as complete_main's and infill_main's keyword arguments."""
     return dict(model=args.model, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                top_k=args.top_k, seed=args.seed, stop=args.stop, stream=not args.no_stream)
+                top_k=args.top_k, seed=args.seed, stop=args.stop, stream=not args.no_stream, engine=_engine(args))
 
 
 def _add_complete(sub):
@@ -272,19 +273,35 @@ def _add_serve(sub):
     p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="do not log requests")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default: bfloat16 on a GPU, float32 on a CPU")
+    _add_engine_flags(p)
     p.set_defaults(func=_run_serve)
 
 
 def _run_serve(args):
     from codelm.serve import serve_main
 
-    return serve_main(**_settings(args))
+    return serve_main(**_settings(args, *_ENGINE_FLAGS), engine=_engine(args))
+
+
+_ENGINE_FLAGS = ("dtype", "quantize", "max_batch")
+
+
+def _add_engine_flags(p, batch: bool = True) -> None:
+    """The native engine's flags, declared from codelm.generate.weights.EngineConfig (--max-batch only
+    where several requests are generated)."""
+    from codelm.generate.weights import EngineConfig
+
+    _add_config_flags(p, EngineConfig, skip=() if batch else ("max_batch",))
+
+
+def _engine(args):
+    from codelm.generate.weights import EngineConfig
+
+    return _config_from(args, EngineConfig, **({} if hasattr(args, "max_batch") else {"max_batch": 1}))
 
 
 # --------------------------------------------------------------------- eval
-def _add_config_flags(p, cls) -> None:
+def _add_config_flags(p, cls, skip=()) -> None:
     """One flag per field of a config dataclass (see codelm/evaluate/eval_config.py): required fields
     without a default become required flags, booleans switches, `kind` the value's check; `append` makes it
     repeatable (a list)."""
@@ -294,7 +311,7 @@ def _add_config_flags(p, cls) -> None:
              "probability": PROBABILITY, "seed": SEED, "fraction": _number(float, 0.0, 1.0, what="a number in [0, 1]")}
     for f in dataclasses.fields(cls):
         meta = f.metadata
-        if not meta.get("cli", True):
+        if not meta.get("cli", True) or f.name in skip:
             continue
         name = "--" + f.name.replace("_", "-")
         if meta.get("append"):  # repeatable, gathered into a list
@@ -312,7 +329,7 @@ def _add_config_flags(p, cls) -> None:
 def _config_from(args, cls, **settings):
     import dataclasses
 
-    names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
+    names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("cli", True) and hasattr(args, f.name)}
     return cls(**{name: getattr(args, name) for name in names}, **settings)
 
 
@@ -480,15 +497,14 @@ def _add_chat(sub):
     p.add_argument("--seed", type=SEED, default=None, help="random seed for sampling (default: none, random)")
     p.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
     p.add_argument("--device", default=None, help="--model: cpu, cuda (default: cuda if present)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="--model: weights' dtype (default: bfloat16 on a GPU, float32 on a CPU)")
+    _add_engine_flags(p, batch=False)
     p.set_defaults(func=_run_chat)
 
 
 def _run_chat(args):
     from codelm.chat import chat_main
 
-    return chat_main(stream=not args.no_stream, **_settings(args, "no_stream"))
+    return chat_main(stream=not args.no_stream, engine=_engine(args), **_settings(args, "no_stream", *_ENGINE_FLAGS))
 
 
 COMMANDS = [_add_info, _add_convert, _add_complete, _add_infill, _add_score, _add_train, _add_corpus, _add_demo, _add_serve, _add_eval, _add_report, _add_export, _add_lab, _add_selfinstruct, _add_chat]

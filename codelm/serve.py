@@ -12,13 +12,18 @@ Routes:
 
 Bad requests get a 4xx answer with an OpenAI-style JSON error body ({"error": {"message", "type",
 "param", "code"}}); the server keeps serving after malformed bodies, oversized requests and clients
-that hang up mid-stream (generation stops when the client is gone). Generation is serialized by a
-lock (one model, one batch at a time); every request runs in its own thread, so /v1/models answers
-while a long generation runs.
+that hang up mid-stream (their rows stop when the client is gone). Every request runs in its own thread
+and its rows join one continuously batched engine (codelm/generate/engine.py; `--max-batch` rows decode
+together, a finished row's slot goes to the next waiting one), so concurrent requests share the batch
+instead of waiting in line, and each row's answer is what the request alone would get.
+
+(Over 500 lines: the OpenAI request checks, the three routes and the bridge between handler threads and
+the engine's thread are one protocol, read together when a route changes.)
 """
 from __future__ import annotations
 
 import json
+import queue
 import sys
 import threading
 import time
@@ -27,9 +32,14 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import torch
+
+from codelm.generate.engine import Engine, Row
 from codelm.generate.prompts import UNSAFE_MESSAGE as UNSAFE_REQUEST_ERROR
-from codelm.generate.prompts import ChatFormatError, chat_stop_ids
+from codelm.generate.prompts import ChatFormatError, chat_stop_ids, completion_tokens, infilling_tokens
 from codelm.generate.prompts import chat_tokens as prompt_chat_tokens
+from codelm.generate.sampler import Generation, SamplingParams
+from codelm.generate.weights import EngineConfig, load_for_engine
 
 
 class ApiError(Exception):
@@ -91,15 +101,33 @@ def chat_tokens(tokenizer, messages: list[dict]) -> list[int]:
 
 # ----------------------------------------------------------------------------- the model side
 class ModelService:
-    """Turns parsed requests into generations, one batch at a time."""
+    """Turns parsed requests into generations: every request's rows join one continuously batched engine,
+    stepped by one background thread (up to EngineConfig.max_batch rows decode together; the rest wait
+    for a free slot)."""
 
-    def __init__(self, model, tokenizer, name: str, limits: ServeLimits | None = None):
+    def __init__(self, model, tokenizer, name: str, limits: ServeLimits | None = None,
+                 engine: EngineConfig | None = None):
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.limits = limits or ServeLimits()
         self.max_len = model.config.max_seq_len
-        self.lock = threading.Lock()
+        self.engine = Engine(model, engine)
+        self.wake = threading.Condition()
         self.closed = False
         self.created = int(time.time())
+        self.loop = threading.Thread(target=self._loop, name="codelm-engine", daemon=True)
+        self.loop.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self.wake:
+                while not self.engine.busy and not self.closed:
+                    self.wake.wait()
+                if self.closed and not self.engine.busy:
+                    return
+            try:
+                self.engine.step()
+            except Exception as e:  # noqa: BLE001 - fail the rows in flight, keep serving
+                self.engine.fail_all(ApiError(500, f"internal error: {type(e).__name__}: {e}", kind="server_error"))
 
     def check_model(self, body: dict) -> None:
         name = body.get("model")
@@ -110,8 +138,6 @@ class ModelService:
                            param="model", code="model_not_found")
 
     def sampling(self, body: dict, default_max: int):
-        from codelm.generate.sampler import SamplingParams
-
         max_tokens = _get(body, "max_tokens", int, default_max, lambda v: v >= 0, "an integer >= 0")
         if "max_completion_tokens" in body:
             max_tokens = _get(body, "max_completion_tokens", int, max_tokens, lambda v: v >= 0, "an integer >= 0")
@@ -136,8 +162,6 @@ class ModelService:
 
     def completion_prompts(self, body: dict) -> tuple[list[list[int]], list[str], bool]:
         """Token prompts, their texts (for echo) and whether they are infilling prompts."""
-        from codelm.generate.prompts import completion_tokens, infilling_tokens
-
         prompt = body.get("prompt")
         suffix = _get(body, "suffix", str, None, what="a string")
         spm = _get(body, "spm", bool, False, what="a boolean")
@@ -185,26 +209,50 @@ class ModelService:
                                 f"for {longest} prompt tokens + {params.max_new_tokens} new tokens",
                            param="max_tokens", code="context_length_exceeded")
 
-    def run(self, prompts: list[list[int]], params, stop_ids: set[int], decode, on_text=None):
-        from codelm.generate.sampler import generate
-
-        tok = self.tokenizer
-        pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
-        with self.lock:
-            if self.closed:
-                raise ApiError(503, "the server is shutting down", code="server_shutting_down", kind="server_error")
-            return generate(self.model, prompts, params, stop_ids=stop_ids, decode=decode, pad_id=pad,
-                            on_text=on_text)
+    def run(self, prompts: list[list[int]], params, stop_ids: set[int], decode, on_text=None) -> list[Generation]:
+        """Generate the rows of one request (row i seeded with seed + i) in the shared engine. on_text(i, text)
+        runs in this (the request's) thread; if it raises (the client is gone), the rows are cancelled."""
+        if self.closed:
+            raise ApiError(503, "the server is shutting down", code="server_shutting_down", kind="server_error")
+        events: queue.Queue = queue.Queue()
+        rows = [Row(p, params, frozenset(stop_ids), decode, params.max_new_tokens,
+                    seed=None if params.seed is None else params.seed + i,
+                    on_text=None if on_text is None else (lambda text, i=i: events.put((i, text))),
+                    on_done=lambda row: events.put((None, row)))
+                for i, p in enumerate(prompts)]
+        for row in rows:
+            self.engine.submit(row)
+        with self.wake:
+            self.wake.notify()
+        try:
+            left = len(rows)
+            while left:
+                i, item = events.get()
+                if i is not None:
+                    on_text(i, item)
+                    continue
+                left -= 1
+                if item.error is not None:
+                    raise item.error
+        finally:
+            for row in rows:
+                row.cancelled = row.cancelled or row.result is None
+        if any(row.result.finish_reason == "cancelled" for row in rows):
+            raise ApiError(503, "the server is shutting down", code="server_shutting_down", kind="server_error")
+        return [row.result for row in rows]
 
     def close(self) -> None:
-        """Refuse new generations and wait for the one in flight.
+        """Refuse new generations, cancel those in flight and wait for the engine's thread to stop.
 
         Handler threads are daemons (an idle keep-alive connection must not block shutdown), and a
         daemon thread still inside a torch op when the interpreter finalizes aborts the process
         (pytorch#38228: pthread_exit unwinding through a C++ destructor calls std::terminate)."""
-        self.closed = True
-        with self.lock:
-            pass
+        with self.wake:
+            self.closed = True
+            for row in list(self.engine.live) + list(self.engine.waiting):
+                row.cancelled = True
+            self.wake.notify()
+        self.loop.join()
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -417,9 +465,6 @@ class Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ /infill (llama.cpp)
     def _infill(self, body: dict) -> None:
-        from codelm.generate.prompts import infilling_tokens
-        from codelm.generate.sampler import SamplingParams
-
         svc = self.service
         tok = svc.tokenizer
         if not tok.has_infilling:
@@ -467,9 +512,10 @@ class CodelmHTTPServer(ThreadingHTTPServer):
 
 
 def start_server(model, tokenizer, name: str, host: str = "127.0.0.1", port: int = 0, quiet: bool = True,
-                 limits: ServeLimits | None = None) -> tuple[CodelmHTTPServer, threading.Thread]:
+                 limits: ServeLimits | None = None, engine: EngineConfig | None = None
+                 ) -> tuple[CodelmHTTPServer, threading.Thread]:
     """Serve in a background thread (port 0 picks a free port: read server.server_address)."""
-    server = CodelmHTTPServer((host, port), ModelService(model, tokenizer, name, limits), quiet=quiet)
+    server = CodelmHTTPServer((host, port), ModelService(model, tokenizer, name, limits, engine), quiet=quiet)
     thread = threading.Thread(target=server.serve_forever, name="codelm-serve", daemon=True)
     thread.start()
     return server, thread
@@ -477,27 +523,19 @@ def start_server(model, tokenizer, name: str, host: str = "127.0.0.1", port: int
 
 def serve_main(*, model: str, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
                max_body_bytes: int = 1 << 20, threads: int | None = None, quiet: bool = False,
-               device: str | None = None, dtype: str | None = None) -> int:
+               device: str | None = None, engine: EngineConfig | None = None) -> int:
     """Entry point of `codelm serve` (flags in codelm/cli.py): serves until interrupted."""
-    import torch
-
-    from codelm.errors import TokenizerError
-    from codelm.model.checkpoint import load
-
-    from codelm.generate.backends import default_device
-
     if threads:
         torch.set_num_threads(threads)
-    device, dtype = default_device(device, dtype)
-    loaded = load(model, dtype=dtype, device=device)
-    if loaded.tokenizer is None:
-        raise TokenizerError(f"{model}: no tokenizer.json or tokenizer.model beside the checkpoint")
+    engine = engine or EngineConfig()
+    loaded = load_for_engine(model, engine, device)
     name = name or Path(model).resolve().name
     limits = ServeLimits(max_body_bytes=max_body_bytes)
-    server = CodelmHTTPServer((host, port), ModelService(loaded.model, loaded.tokenizer, name, limits),
-                              quiet=quiet)
+    service = ModelService(loaded.model, loaded.tokenizer, name, limits, engine)
+    server = CodelmHTTPServer((host, port), service, quiet=quiet)
     host, port = server.server_address[:2]
-    print(f"codelm serve: model '{name}' at http://{host}:{port}/v1 (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    print(f"codelm serve: model '{name}' at http://{host}:{port}/v1, {service.engine.weights.plan.describe()}, "
+          f"{engine.max_batch} rows per batch (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     finally:

@@ -88,7 +88,7 @@ def test_openai_backend_against_codelm_serve(ckpt, server):
 
 
 def test_openai_backend_chat_route(ckpt, server):
-    from codelm.generate.sampler import SamplingParams, generate
+    from codelm.generate import SamplingParams, generate
     from codelm.serve import chat_tokens
 
     _, model, tok = ckpt

@@ -63,7 +63,7 @@ def tiny():
 
 def test_local_model_streams_what_greedy_generation_gives(tiny):
     from codelm.generate.prompts import chat_stop_ids
-    from codelm.generate.sampler import SamplingParams, generate
+    from codelm.generate import SamplingParams, generate
 
     model, tok = tiny
     settings = ChatSettings(max_new_tokens=12, temperature=0.0)

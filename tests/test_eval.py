@@ -110,22 +110,9 @@ def test_infilling_requests_use_reference_token_layout(tmp_path):
     from codelm.tokenizer import Tokenizer
 
     tok = Tokenizer.load(make_tiny_sentencepiece(tmp_path))
-    seen = []
-
-    class Model:
-        pass
-
-    backend = NativeBackend(Model(), tok)
-    import codelm.generate as gen
-
-    real = gen.generate
-    gen.generate = lambda model, toks, params, **kw: seen.append(toks) or [
-        gen.Generation([], "", "stop_token", None, len(t)) for t in toks]
-    try:
-        backend.generate([Request("def f(x):\n    return ", "\n")])
-        backend.generate([Request("def f(x):\n    return ", "\n", spm=True)])
-    finally:
-        gen.generate = real
+    backend = NativeBackend(tiny_llama(tok.vocab_size), tok)
+    seen = [[backend._row(r, None, None).prompt]
+            for r in (Request("def f(x):\n    return ", "\n"), Request("def f(x):\n    return ", "\n", spm=True))]
     pre, suf = tok.encode("def f(x):\n    return "), tok.encode_infilling("\n")
     assert seen[0] == [[tok.bos_id, tok.prefix_id] + pre + [tok.suffix_id] + suf + [tok.middle_id]]
     assert seen[1] == [[tok.bos_id, tok.prefix_id, tok.suffix_id] + suf + [tok.middle_id] + pre]

@@ -175,7 +175,7 @@ def test_instruct_sft_masks_learns_and_answers_held_out_prompt(tmp_path):
     answers a held-out question of the same kind in the trained [PYTHON] format."""
     import torch
 
-    from codelm.generate.sampler import SamplingParams, generate
+    from codelm.generate import SamplingParams, generate
     from codelm.generate.prompts import chat_stop_ids
     from codelm.model.checkpoint import load
     from codelm.train.loop import train

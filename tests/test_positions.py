@@ -126,7 +126,7 @@ def test_alibi_attention_matches_direct_formula():
 
 
 def test_alibi_cache_padding_and_generation():
-    from codelm.generate.sampler import SamplingParams, generate
+    from codelm.generate import SamplingParams, generate
 
     m = _alibi_model()
     x = torch.randint(0, 200, (2, 20))

@@ -3,7 +3,8 @@ import pytest
 import torch
 from helpers import tiny_llama
 
-from codelm.generate.sampler import SamplingParams, generate, top_k_filter, top_p_filter
+from codelm.generate.engine import generate
+from codelm.generate.sampler import SamplingParams, top_k_filter, top_p_filter
 
 VOCAB = 40
 
@@ -29,7 +30,7 @@ def test_greedy_equals_argmax_step_by_step():
     assert g.finish_reason == "length"
 
 
-def test_left_padded_batch_gives_same_tokens_as_single_rows():
+def test_a_batch_gives_same_tokens_as_single_rows():
     m = tiny_model(1)
     prompts = [[1, 5, 9, 12, 7, 3, 3, 8], [1, 6], [1, 11, 13, 17]]
     batch = generate(m, prompts, SamplingParams(max_new_tokens=10), stop_ids=set(), decode=char_decode)

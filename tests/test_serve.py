@@ -12,7 +12,8 @@ from helpers import make_tiny_bpe, tiny_llama as tiny_model
 
 import codelm
 from codelm.generate import complete_batch, infill_batch
-from codelm.generate.sampler import SamplingParams, generate
+from codelm.generate.engine import generate
+from codelm.generate.sampler import SamplingParams
 from codelm.model.checkpoint import save_hf
 from codelm.generate.prompts import B_INST, E_INST
 from codelm.serve import UNSAFE_REQUEST_ERROR, ServeLimits, chat_tokens, start_server
@@ -201,34 +202,81 @@ def test_serve_cli_end_to_end(tmp_path):
         proc.wait(timeout=30)
 
 
-def test_close_waits_for_the_generation_in_flight_and_refuses_new_ones():
-    """No handler thread may still be inside torch when the server is closed (pytorch#38228)."""
+def test_close_stops_the_engine_and_refuses_new_generations():
+    """No thread may still be inside torch when the server is closed (pytorch#38228): close() cancels the
+    rows in flight and returns once the engine's thread has stopped; their requests get 503."""
     import threading
 
     from codelm.serve import ApiError, ModelService
 
     tok = make_tiny_bpe()
     service = ModelService(tiny_model(tok.vocab_size), tok, NAME)
-    params = SamplingParams(max_new_tokens=40, temperature=0.0)
-    started, finished = threading.Event(), []
+    params = SamplingParams(max_new_tokens=400, temperature=0.0)
+    started, outcome = threading.Event(), []
 
     def on_text(*_):
         started.set()
 
     def work():
-        service.run([[1, 2, 3]], params, set(), tok.decode, on_text=on_text)
-        finished.append(True)
+        try:
+            service.run([[1, 2, 3]], params, set(), tok.decode, on_text=on_text)
+            outcome.append("finished")
+        except ApiError as e:
+            outcome.append(e.status)
 
     t = threading.Thread(target=work, daemon=True)
     t.start()
     assert started.wait(30)
-    service.close()  # returns only once the generation above has left the model
-    assert not service.lock.locked()
+    service.close()
+    assert not service.loop.is_alive()
     t.join(30)
-    assert finished == [True]
+    assert outcome in (["finished"], [503])
     with pytest.raises(ApiError) as e:
         service.run([[1, 2, 3]], params, set(), tok.decode)
     assert e.value.status == 503
+
+
+def test_concurrent_clients_each_get_the_answer_they_get_alone(served):
+    """Requests from many threads join one running batch (8 slots here); each answer equals the same
+    request sent alone: greedy, seeded sampling with n > 1, stop strings, streaming, infilling."""
+    import threading
+
+    _, _, _, client, (host, port) = served
+    prompts = ["def add(a, b):\n", "import os\n", "x = [", "class A:\n    def", "while True:", "print(",
+               "# sum\ndef total(xs):\n", "for i in range(3):\n", "y = {", "def f():\n    return"]
+    kinds = []
+    for i, p in enumerate(prompts):
+        kw = dict(model=NAME, prompt=p, max_tokens=6 + 3 * i, temperature=0.0)
+        if i % 3 == 1:
+            kw.update(temperature=0.9, top_p=0.95, seed=40 + i, n=2)
+        if i % 4 == 2:
+            kw.update(stop=["\n"])
+        if i == 5:
+            kw.update(suffix="\n    return x\n", prompt="def g(x):\n    ")
+        kinds.append((kw, i % 2 == 0))
+
+    def ask(kw, stream):
+        if not stream:
+            return [c.text for c in client.completions.create(**kw).choices]
+        texts = {}
+        for chunk in client.completions.create(**kw, stream=True):
+            for c in chunk.choices:
+                texts[c.index] = texts.get(c.index, "") + c.text
+        return [texts[i] for i in sorted(texts)]
+
+    alone = [ask(kw, stream) for kw, stream in kinds]
+    together = [None] * len(kinds)
+
+    def worker(i):
+        together[i] = ask(*kinds[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(kinds)) for _ in range(1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert together == alone
+    assert all(len(a) == kw.get("n", 1) for a, (kw, _) in zip(alone, kinds))
 
 
 def test_an_oversized_body_is_answered_413_after_draining_it(served):

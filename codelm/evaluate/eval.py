@@ -112,7 +112,7 @@ def run_eval(cfg: EvalConfig, backend=None) -> dict:
         elif cfg.chat:
             raise ConfigError("--chat needs --backend openai")
         backend = make_backend(cfg.backend, cfg.model, batch_size=cfg.batch_size, device=cfg.device,
-                               dtype=cfg.dtype, **options)
+                               dtype=cfg.dtype, quantize=cfg.quantize, **options)
     if protocol.adapt_tasks is not None:
         tasks = protocol.adapt_tasks(tasks, backend)
     identity = backend.identity()

@@ -47,5 +47,6 @@ class EvalConfig:
     device: str | None = flag(None, "native/hf backends: cpu, cuda, cuda:1 (default: cuda if present)")
     dtype: str | None = flag(None, "native/hf backends (default: bfloat16 on a GPU, float32 on a CPU)",
                              choices=("float32", "bfloat16", "float16"))
+    quantize: str = flag("none", "native backend: int8 weight-only weights (default: %(default)s)", choices=("none", "int8"))
     progress: bool = flag(True, cli=False)  # bars on stderr (the command line: when stderr is a terminal)
     force: bool = flag(False, "replace --out even when it exists and codelm did not write it (never an input)")

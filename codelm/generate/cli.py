@@ -4,19 +4,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from codelm.errors import CodelmError, TokenizerError
+from codelm.errors import CodelmError, warn
+from codelm.generate import complete_batch, completion_tokens, infill_batch, infilling_tokens, split_fill
+from codelm.generate.weights import EngineConfig, load_for_engine
 
 
-def _load(path):
-    import torch
-
-    from codelm.model.checkpoint import load
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    loaded = load(path)
-    if loaded.tokenizer is None:
-        raise TokenizerError(f"{path}: no tokenizer.json or tokenizer.model beside the checkpoint")
-    return loaded
 
 
 def _read_arg(text: str) -> str:
@@ -38,8 +30,6 @@ def _kw(max_new_tokens: int, temperature: float, top_p: float, top_k: int, seed:
 def fit_context(prompt_tokens: int, max_new_tokens: int, context: int, flag: str = "--max-new-tokens") -> int:
     """New tokens that fit the model's context after the prompt: `max_new_tokens`, or fewer with a warning
     (the same rule in every command that generates locally); a prompt that fills the context is an error."""
-    from codelm.errors import warn
-
     room = context - prompt_tokens
     if room <= 0:
         raise CodelmError(f"the prompt has {prompt_tokens} tokens; this model's maximum context length is "
@@ -58,19 +48,17 @@ def _stream(row, text):
 
 def complete_main(prompt: str, *, model: str, max_new_tokens: int = 128, temperature: float = 0.0,
                   top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: list[str] | None = None,
-                  stream: bool = True) -> int:
+                  stream: bool = True, engine: EngineConfig | None = None) -> int:
     """`codelm complete`: `prompt` is the text, or @FILE for a file's text as is; the generation streams to
     stdout (or is written at the end without `stream`)."""
-    from codelm.generate import complete_batch, completion_tokens
-
     prompt = _read_arg(prompt)
-    loaded = _load(model)
+    loaded = load_for_engine(model, engine or EngineConfig(max_batch=1))
     max_new = fit_context(len(completion_tokens(loaded.tokenizer, prompt)), max_new_tokens,
                           loaded.config.max_seq_len)
     on_text = _stream if stream else None
     if on_text:
         sys.stdout.write(prompt)
-    g = complete_batch(loaded.model, loaded.tokenizer, [prompt], on_text=on_text,
+    g = complete_batch(loaded.model, loaded.tokenizer, [prompt], on_text=on_text, engine=engine,
                        **_kw(max_new, temperature, top_p, top_k, seed, stop))[0]
     if not stream:
         sys.stdout.write(prompt + g.text)
@@ -81,11 +69,10 @@ def complete_main(prompt: str, *, model: str, max_new_tokens: int = 128, tempera
 
 def infill_main(*, model: str, prefix: str | None = None, suffix: str | None = None, file: str | None = None,
                 spm: bool = False, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-                top_k: int = 0, seed: int | None = None, stop: list[str] | None = None, stream: bool = True) -> int:
+                top_k: int = 0, seed: int | None = None, stop: list[str] | None = None, stream: bool = True,
+                engine: EngineConfig | None = None) -> int:
     """`codelm infill`: the middle between `prefix` and `suffix` (each text or @FILE), or around the <FILL>
     marker of `file`; streams to stdout (or writes at the end without `stream`)."""
-    from codelm.generate import infill_batch, infilling_tokens, split_fill
-
     if file is not None:
         if prefix is not None or suffix is not None:
             raise CodelmError("give either --file or --prefix/--suffix, not both")
@@ -98,13 +85,13 @@ def infill_main(*, model: str, prefix: str | None = None, suffix: str | None = N
         if prefix is None and suffix is None:
             raise CodelmError("give --prefix and/or --suffix, or --file with a <FILL> marker")
         prefix, suffix = _read_arg(prefix or ""), _read_arg(suffix or "")
-    loaded = _load(model)
+    loaded = load_for_engine(model, engine or EngineConfig(max_batch=1))
     max_new = fit_context(len(infilling_tokens(loaded.tokenizer, prefix, suffix, spm=spm)), max_new_tokens,
                           loaded.config.max_seq_len)
     on_text = _stream if stream else None
     if on_text:
         sys.stdout.write(prefix)
-    g = infill_batch(loaded.model, loaded.tokenizer, [(prefix, suffix)], spm=spm, on_text=on_text,
+    g = infill_batch(loaded.model, loaded.tokenizer, [(prefix, suffix)], spm=spm, on_text=on_text, engine=engine,
                      **_kw(max_new, temperature, top_p, top_k, seed, stop))[0]
     if not stream:
         sys.stdout.write(prefix + g.text)

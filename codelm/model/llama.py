@@ -3,7 +3,9 @@
 The model knows nothing of parallelism or checkpoints; FSDP is applied to `model.layers[i]` and the
 root from outside (train/distributed.py), and checkpoint.py maps weight names to HF and Meta layouts.
 q/k/v and the SwiGLU gate/up projections are each stored fused (one matmul instead of three / two),
-which matters for CPU decoding where per-op overhead dominates.
+which matters for CPU decoding where per-op overhead dominates. Generation runs these weights through
+codelm/generate/engine.py (continuous batching, per-row positions, bf16/int8 copies); the cache here
+serves whole-batch forward passes (training-time evaluation, long-context measurements).
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(config.dim, self.q_size + 2 * self.kv_size, bias=False)
         self.wo = nn.Linear(self.q_size, config.dim, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, slot: torch.Tensor | None = None):
+    def forward(self, x, cos, sin, mask, cache: KVCache | None):
         B, T, _ = x.shape
         qkv = self.wqkv(x).view(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_dim).transpose(1, 2)
         # Rotate q and k in one go: they are adjacent heads of the fused projection.
@@ -67,14 +69,7 @@ class Attention(nn.Module):
             qk = apply_rope(qk, cos, sin)
         q, k = qk[:, : self.n_heads], qk[:, self.n_heads:]
         v = qkv[:, self.n_heads + self.n_kv_heads:]
-        if slot is not None:
-            # Static-shape decoding: write one slot, attend over the whole buffer under `mask`.
-            ck, cv = cache.k[self.layer_id], cache.v[self.layer_id]
-            ck.index_copy_(2, slot, k)
-            cv.index_copy_(2, slot, v)
-            n = mask.shape[-1]  # the slots this step may see: the whole buffer, or those written so far
-            k, v = (ck, cv) if n == ck.shape[2] else (ck[:, :, :n], cv[:, :, :n])
-        elif cache is not None:
+        if cache is not None:
             start, end = cache.pos, cache.pos + T
             cache.k[self.layer_id, :, :, start:end] = k
             cache.v[self.layer_id, :, :, start:end] = v
@@ -111,8 +106,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x, cos, sin, mask, cache, slot=None):
-        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, slot)
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -228,24 +223,6 @@ class Transformer(nn.Module):
             bool_mask = _padding_causal_mask(torch.ones(1, total, dtype=torch.bool, device=device), start, T)
         bias = alibi_bias(self.alibi_slopes, k_pos[:, start:], k_pos)
         return bias.masked_fill(~bool_mask, float("-inf"))
-
-    def decode_step(self, tokens: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
-                    key_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One decoding step with static shapes (so torch.compile traces it once).
-
-        tokens [B, 1]; slot [1] the cache index written; positions [B, 1] each row's RoPE position;
-        key_mask [B, 1, 1, n] which of the first n cache slots each row may attend to (slot included; n is
-        the cache's length for static shapes, or just past `slot` to attend over the written slots only).
-        """
-        cos, sin = self._rope_for(positions, 0, 1)
-        if self.alibi:
-            # Slot s of a row holds position s − (slot − position): left padding shifts it.
-            k_pos = torch.arange(key_mask.shape[-1], device=tokens.device)[None] - (slot - positions)
-            key_mask = alibi_bias(self.alibi_slopes, positions, k_pos).masked_fill(~key_mask, float("-inf"))
-        h = self.tok_embeddings(tokens)
-        for layer in self.layers:
-            h = layer(h, cos, sin, key_mask, cache, slot)
-        return self.output(self.norm(h))[:, -1].float()
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

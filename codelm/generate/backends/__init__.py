@@ -7,15 +7,19 @@ A backend turns `Request`s (a completion prompt, or an infilling prefix + suffix
   hf      transformers' `generate` on any causal-LM directory (hf.py)
   openai  any OpenAI-compatible server: vLLM, llama.cpp, Ollama, `codelm serve` (openai.py)
 
-`generate_all` runs requests through a backend in batches, writing each finished generation to a
-`GenerationCache` (append-only JSONL) as soon as its batch returns, so a run killed halfway is
+`generate_all` runs requests through a backend (all at once through the native engine's continuous
+batching, in batches elsewhere), writing each finished generation to a `GenerationCache` (append-only
+JSONL) as soon as it is done, so a run killed halfway is
 resumed without generating any sample twice.
 """
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+from tqdm import tqdm
 
 from codelm.errors import CodelmError, ConfigError, DataError
 from codelm.files import AppendLog
@@ -75,10 +79,6 @@ def generate_all(backend: Backend, items: list[tuple[Request, int]], cache: Gene
                  progress: bool = True, on_batch: Callable[[int], None] | None = None
                  ) -> tuple[list[Completion], GenerationStats]:
     """Completions for (request, sample index) pairs, in order; cached ones are not generated again."""
-    import time
-
-    from tqdm import tqdm
-
     stats = GenerationStats()
     results: list[Completion | None] = [None] * len(items)
     todo: dict[tuple, list[int]] = {}
@@ -104,6 +104,30 @@ def generate_all(backend: Backend, items: list[tuple[Request, int]], cache: Gene
                 bar.set_postfix_str(f"batch {stats.batches + 1}: {step_state['tokens']} tokens", refresh=True)
 
         backend.on_step = on_step
+    def _record(i: int, out: Completion) -> None:
+        results[i] = out
+        stats.generated += 1
+        stats.tokens += out.tokens or 0
+        if cache is not None:
+            cache.put(items[i][0].cache_key(items[i][1]), out)
+
+    if hasattr(backend, "generate_each"):
+        # Continuous batching: every request at once; each is cached the moment it finishes.
+        flat = [i for indices in todo.values() for i in indices]
+
+        def done(j: int, out: Completion) -> None:
+            _record(flat[j], out)
+            bar.update(1)
+            if on_batch is not None:
+                on_batch(stats.generated)
+
+        if flat:
+            t0 = time.monotonic()
+            backend.generate_each([items[i][0] for i in flat], done)
+            stats.batch_seconds.append(round(time.monotonic() - t0, 4))
+            stats.batches += 1
+        todo = {}
+
     for indices in todo.values():
         for start in range(0, len(indices), max(1, backend.batch_size)):
             batch = indices[start:start + backend.batch_size]
@@ -113,11 +137,7 @@ def generate_all(backend: Backend, items: list[tuple[Request, int]], cache: Gene
             if len(outs) != len(batch):
                 raise CodelmError(f"backend {backend.name} returned {len(outs)} generations for {len(batch)} requests")
             for i, out in zip(batch, outs):
-                results[i] = out
-                stats.generated += 1
-                stats.tokens += out.tokens or 0
-                if cache is not None:
-                    cache.put(items[i][0].cache_key(items[i][1]), out)
+                _record(i, out)
             stats.batches += 1
             bar.update(len(batch))
             if on_batch is not None:
@@ -130,13 +150,17 @@ def generate_all(backend: Backend, items: list[tuple[Request, int]], cache: Gene
 
 
 def make_backend(kind: str, location: str, batch_size: int | None = None, device: str | None = None,
-                 dtype: str | None = None, **options) -> Backend:
+                 dtype: str | None = None, quantize: str = "none", **options) -> Backend:
     """A backend by name: `location` is a checkpoint directory (native, hf) or a server URL (openai);
-    `options` go to the openai backend (model, api_key, chat, infill, tokenizer, concurrency)."""
+    `quantize` (none, int8) is the native engine's weight format; `options` go to the openai backend
+    (model, api_key, chat, infill, tokenizer, concurrency)."""
+    if quantize != "none" and kind != "native":
+        raise ConfigError(f"--quantize {quantize} is a native-backend option, not {kind}'s")
     if kind == "native":
         from codelm.generate.backends.native import NativeBackend
 
-        return NativeBackend.from_path(location, batch_size=batch_size or 8, device=device, dtype=dtype)
+        return NativeBackend.from_path(location, batch_size=batch_size or 8, device=device, dtype=dtype,
+                                       quantize=quantize)
     if kind == "hf":
         from codelm.generate.backends.hf import HFBackend
 

@@ -1,53 +1,82 @@
-"""The native backend: codelm's own batched engine (codelm.generate) on a checkpoint `codelm.load` opens."""
+"""The native backend: codelm's own engine (codelm.generate.engine, continuous batching) on a checkpoint
+`codelm.load` opens. Every request keeps its own sampling settings and seed, so the samples do not
+depend on how requests are grouped: `generate_all` hands them all over at once and caches each one
+the moment it finishes."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
-from codelm.errors import TokenizerError
-from codelm.generate.backends.base import Completion, Request, default_device
+from codelm.errors import warn
+from codelm.generate.backends.base import Completion, Request
+from codelm.generate.engine import Engine, Row, row_limits
+from codelm.generate.prompts import completion_tokens, infilling_tokens
+from codelm.generate.sampler import SamplingParams
+from codelm.generate.weights import EngineConfig, load_for_engine
 
 
 class NativeBackend:
     name = "native"
 
-    def __init__(self, model, tokenizer, batch_size: int = 8, source: str = "<in memory>"):
+    def __init__(self, model, tokenizer, batch_size: int = 8, source: str = "<in memory>",
+                 engine: EngineConfig | None = None):
         self.model, self.tokenizer, self.batch_size, self.source = model, tokenizer, batch_size, source
+        self.engine = replace(engine or EngineConfig(), max_batch=batch_size)
         self._warned_context = False
         self.on_step = None  # set by generate_all: called after every decoding step (progress)
 
     @classmethod
-    def from_path(cls, path, batch_size: int = 8, device: str | None = None, dtype: str | None = None
-                  ) -> "NativeBackend":
-        from codelm.model.checkpoint import load
-
-        device, dtype = default_device(device, dtype)
-        loaded = load(path, dtype=dtype, device=device)
-        if loaded.tokenizer is None:
-            raise TokenizerError(f"{path}: no tokenizer.json or tokenizer.model beside the checkpoint")
-        return cls(loaded.model, loaded.tokenizer, batch_size=batch_size, source=str(Path(path).resolve()))
+    def from_path(cls, path, batch_size: int = 8, device: str | None = None, dtype: str | None = None,
+                  quantize: str = "none") -> "NativeBackend":
+        """dtype: float32/bfloat16/float16 (or None: float32 on a CPU, bf16 on a GPU); bf16 on a CPU runs
+        the engine's bf16 path (fp32 where the CPU has no bf16 units); quantize: none or int8."""
+        engine = EngineConfig(dtype=dtype or "auto", quantize=quantize, max_batch=batch_size)
+        loaded = load_for_engine(path, engine, device)
+        return cls(loaded.model, loaded.tokenizer, batch_size=batch_size, source=str(Path(path).resolve()),
+                   engine=engine)
 
     def identity(self) -> dict:
-        return {"backend": self.name, "model": self.source}
+        ident = {"backend": self.name, "model": self.source}
+        if self.engine.quantize != "none" or self.engine.dtype not in ("auto", "float32"):
+            ident["weights"] = self.engine.quantize if self.engine.quantize != "none" else self.engine.dtype
+        return ident
+
+    def _row(self, r: Request, context: int | None, on_done) -> Row:
+        tok = self.tokenizer
+        if r.infilling:
+            prompt, stop_ids = infilling_tokens(tok, r.prompt, r.suffix, spm=r.spm), {tok.eot_id, tok.eos_id}
+        else:
+            prompt, stop_ids = completion_tokens(tok, r.prompt), {tok.eos_id}
+        params = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                                seed=r.seed, stop=tuple(r.stop))
+        limit = row_limits([prompt], r.max_new_tokens, context)[0]
+        return Row(prompt, params, frozenset(stop_ids), tok.decode_infilling, limit, seed=r.seed, on_done=on_done)
+
+    def generate_each(self, requests: list[Request], on_done: Callable[[int, Completion], None]) -> None:
+        """Generate every request with continuous batching; on_done(index, completion) as each finishes."""
+        context = getattr(getattr(self.model, "config", None), "max_seq_len", None)  # None: no limit
+
+        def finished(i: int):
+            def call(row: Row) -> None:
+                if row.error is None:
+                    g = row.result
+                    on_done(i, Completion(g.text, "length" if g.finish_reason == "length" else "stop", len(g.tokens)))
+            return call
+
+        rows = [self._row(r, context, finished(i)) for i, r in enumerate(requests)]
+        if context is not None and not self._warned_context and any(
+                len(row.prompt) + r.max_new_tokens > context for row, r in zip(rows, requests)):
+            self._warned_context = True  # the same rule as `codelm complete`: cut at the context, said once
+            warn("prompt + max new tokens exceeds this model's maximum context length of "
+                 f"{context} tokens for some prompts; those generations stop at the context")
+        Engine(self.model, self.engine).run(rows, self.on_step)
 
     def generate(self, requests: list[Request]) -> list[Completion]:
-        from codelm.generate import complete_batch, infill_batch
+        out: list[Completion | None] = [None] * len(requests)
 
-        first = requests[0]
-        # One batch shares its sampling settings (generate_all groups by Request.batch_key); the seed
-        # of the batch is its first request's, so sampled samples stay distinct across batches.
-        context = getattr(getattr(self.model, "config", None), "max_seq_len", None)  # None: no limit
-        kw = dict(max_new_tokens=first.max_new_tokens, temperature=first.temperature, top_p=first.top_p,
-                  seed=first.seed, stop=list(first.stop), max_len=context,
-                  on_step=self.on_step)
-        if first.infilling:
-            gens = infill_batch(self.model, self.tokenizer, [(r.prompt, r.suffix) for r in requests],
-                                spm=first.spm, **kw)
-        else:
-            gens = complete_batch(self.model, self.tokenizer, [r.prompt for r in requests], **kw)
-        if context is not None and not self._warned_context and any(g.prompt_tokens + first.max_new_tokens > context for g in gens):
-            from codelm.errors import warn
+        def put(i, completion):
+            out[i] = completion
 
-            self._warned_context = True  # the same rule as `codelm complete`: cut at the context, said once
-            warn(f"prompt + max new tokens ({first.max_new_tokens}) exceeds this model's maximum context length "
-                 f"of {context} tokens for some prompts; those generations stop at the context")
-        return [Completion(g.text, "length" if g.finish_reason == "length" else "stop", len(g.tokens)) for g in gens]
+        self.generate_each(requests, put)
+        return out

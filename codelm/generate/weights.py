@@ -1,0 +1,180 @@
+"""The generation engine's weights: each projection of a model prepared once as fp32, bf16 or int8.
+
+  float32   the model's own tensors (no copy)
+  bfloat16  bf16 copies, matmuls in bf16 with fp32 accumulation; used on CPUs with bf16 units
+            (avx512_bf16 or AMX); elsewhere a bf16 request falls back to float32, with a warning
+  int8      weight-only int8 with one fp32 scale per output channel (symmetric, absmax / 127), through
+            torch's CPU kernel aten._weight_int8pack_mm; activations go in as bf16 where the CPU has bf16
+            units, else as fp32
+
+The residual stream, norms, RoPE, attention and the KV cache stay fp32 on a CPU (bf16 on a GPU when
+the model was loaded so), so only the weight reads, which bound decoding at small batch, shrink.
+`EngineConfig` is the one typed description of these choices; the CLI declares its flags from it.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from codelm.errors import ConfigError, TokenizerError, warn
+from codelm.model.checkpoint import load
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZE = ("none", "int8")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the native engine runs a model (flags of complete, infill, eval, serve and chat)."""
+    dtype: str = field(default="auto", metadata={
+        "help": "compute dtype: auto (float32 on a CPU, the loaded dtype on a GPU), float32, bfloat16 (CPUs "
+                "with bf16 units, else float32), float16 (GPU) (default: %(default)s)", "choices": DTYPES})
+    quantize: str = field(default="none", metadata={
+        "help": "weight format: none, or int8 (weight-only, per-channel scales; CPU) (default: %(default)s)",
+        "choices": QUANTIZE})
+    max_batch: int = field(default=8, metadata={
+        "help": "rows decoded together (KV-cache slots of continuous batching) (default: %(default)s)",
+        "kind": "positive_int"})
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.quantize not in QUANTIZE:
+            raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
+        if self.max_batch < 1:
+            raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX); tests force it off to check the fallback."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the engine will actually run: the weight format, and the dtype of activations fed to matmuls."""
+    weights: str  # "float32", "bfloat16", "float16" or "int8"
+    act_dtype: torch.dtype
+
+    def describe(self) -> str:
+        return f"{self.weights} weights, {str(self.act_dtype).removeprefix('torch.')} activations"
+
+
+def check(config: EngineConfig, device: torch.device) -> None:
+    """Refuse what cannot run on this device (before anything is loaded)."""
+    cpu = device.type == "cpu"
+    if config.quantize == "int8" and not cpu:
+        raise ConfigError("--quantize int8 is a CPU path (torch's int8 weight-pack kernel); use --dtype on a GPU")
+    if cpu and config.dtype == "float16":
+        raise ConfigError("--dtype float16 is a GPU path; on a CPU use float32, bfloat16 or --quantize int8")
+
+
+def plan(config: EngineConfig, device: torch.device, model_dtype: torch.dtype) -> Plan:
+    """The fastest correct path for this machine (falls back, with a warning, where a request cannot run)."""
+    check(config, device)
+    cpu = device.type == "cpu"
+    if config.quantize == "int8":
+        return Plan("int8", torch.bfloat16 if has_bf16_units() else torch.float32)
+    dtype = config.dtype
+    if dtype == "auto":
+        # Exact by default on a CPU: bf16 and int8 change the numbers (docs/serving.md has their cost).
+        dtype = "float32" if cpu else str(model_dtype).removeprefix("torch.")
+    if cpu and dtype == "bfloat16" and not has_bf16_units():
+        if config.dtype == "bfloat16":
+            warn("this CPU has no bf16 units (avx512_bf16/amx_bf16): --dtype bfloat16 falls back to float32")
+        dtype = "float32"
+    torch_dtype = getattr(torch, dtype)
+    return Plan(dtype, torch_dtype)
+
+
+class Linear:
+    """One projection y = x W^T in the planned format; takes and returns the stream's dtype."""
+
+    def __init__(self, weight: torch.Tensor, p: Plan):
+        self.act = p.act_dtype
+        self.out_features = weight.shape[0]
+        w = weight.detach()
+        if p.weights == "int8":
+            w = w.float()
+            scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+            self.q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+            self.scale = scale.to(self.act)
+            self.w = None
+        else:
+            self.w = w.to(p.act_dtype).contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        xa = x.to(self.act)
+        if self.w is not None:
+            y = F.linear(xa, self.w)
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(xa.reshape(-1, shape[-1]), self.q, self.scale)
+            y = y.view(*shape[:-1], self.out_features)
+        return y.to(x.dtype)
+
+
+@dataclass
+class LayerWeights:
+    attention_norm: torch.Tensor
+    wqkv: Linear
+    wo: Linear
+    ffn_norm: torch.Tensor
+    w13: Linear
+    w2: Linear
+
+
+@dataclass
+class Weights:
+    plan: Plan
+    embeddings: torch.Tensor
+    layers: list[LayerWeights]
+    norm: torch.Tensor
+    output: Linear
+    stream_dtype: torch.dtype  # the residual stream's dtype (and the KV cache's)
+
+
+def prepare(model, config: EngineConfig) -> Weights:
+    """The model's weights in the planned format (norms and embeddings kept as they are)."""
+    device = model.tok_embeddings.weight.device
+    model_dtype = model.tok_embeddings.weight.dtype
+    p = plan(config, device, model_dtype)
+    # On a CPU the stream stays fp32 whatever the weights; on a GPU it follows the compute dtype.
+    stream = torch.float32 if device.type == "cpu" else p.act_dtype
+    layers = [LayerWeights(b.attention_norm.weight.detach().to(stream), Linear(b.attention.wqkv.weight, p),
+                           Linear(b.attention.wo.weight, p), b.ffn_norm.weight.detach().to(stream),
+                           Linear(b.feed_forward.w13.weight, p), Linear(b.feed_forward.w2.weight, p))
+              for b in model.layers]
+    return Weights(p, model.tok_embeddings.weight.detach().to(stream), layers, model.norm.weight.detach().to(stream),
+                   Linear(model.output.weight, p), stream)
+
+
+def load_for_engine(path, config: EngineConfig, device: str | None = None):
+    """A checkpoint loaded for the engine (codelm.model.checkpoint.Loaded): fp32 on a CPU, where the engine
+    makes its own bf16/int8 copies; the requested dtype (bf16 for auto) on a GPU."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check(config, torch.device(device))
+    if device == "cpu":
+        dtype = "float32"
+    else:
+        dtype = "bfloat16" if config.dtype == "auto" else config.dtype
+    loaded = load(path, dtype=dtype, device=device)
+    if loaded.tokenizer is None:
+        raise TokenizerError(f"{path}: no tokenizer.json or tokenizer.model beside the checkpoint")
+    return loaded
