@@ -47,7 +47,7 @@ from codelm.data.corpus import (STDLIB_TEST_EXCLUDE, CorpusOptions, corpus_texts
                                 quality_problem, read_corpus, resolve_sources, split_of)
 from codelm.errors import ConfigError, DataError
 from codelm.evaluate import longctx as lc
-from codelm.files import atomic_write, write_json
+from codelm.files import atomic_write, claim_output, mark_output, write_json
 from codelm.lab.length_config import LabLengthConfig
 from codelm.lab.report import compute_seconds, explanation, plot_all, summarize, table_markdown
 from codelm.model.checkpoint import load_checkpoint
@@ -87,23 +87,26 @@ class LabSettings:
     quick: bool = False
     overrides: list[str] = field(default_factory=list)       # --set for the pretraining recipe
     lcft_overrides: list[str] = field(default_factory=list)  # --lcft-set for the fine-tunes
-    lcft_factor: int = 8              # fine-tune length = factor x L
+    lcft_factor: int = 4              # fine-tune length = factor x L (4, as in the paper's Table 18)
     train_chars: int = 3_000_000      # training text kept from the corpus (the runs read a fraction)
     drill_weight: float = 0.5         # share of pretraining sequences drawn from retrieval drills
     drill_loss_weight: float = 40.0   # each drill answer token counts this many code tokens in the loss
-    # Drills in the fine-tunes (off by default: at 2% of the tokens they cost perplexity at 8L and kept
-    # little retrieval): as long as their rows, their code trained too, the answer weighing this much.
+    # Drills in the fine-tunes: as long as their rows (keys up to the fine-tune length away), their code
+    # trained too, the answer weighing this much.
     lcft_drill_weight: float = 0.0
     lcft_drill_loss_weight: float = 1000.0
     eval_tokens: int = 16_384         # held-out tokens scored at every length
-    retrieval_examples: int = 8       # per (length, position) and seed
-    sweep_multiple: int = 8           # the position sweep runs at sweep_multiple x L
-    max_length_multiple: int = 16
+    retrieval_examples: int = 64      # per (length, key position) cell and seed
+    sweep_multiple: int = 4           # the position sweep runs at sweep_multiple x L
+    eval_split: str = "report"        # which half of the held-out files: "report" (the tables) or "select"
+    max_length_multiple: int = 16     # perplexity up to this multiple of L
+    retrieval_max_multiple: int = 8   # key retrieval up to this multiple of L (2x the fine-tune length)
     methods: list[str] | None = None  # which methods to run (default: all six)
     retrieval: bool = True            # key retrieval and the position sweep (off: perplexity only)
     corpus: Path | None = None        # an existing corpus folder (train.jsonl, valid.jsonl) instead of building one
     corpus_sources: list[str] | None = None   # default: the standard library (tests left out)
     show_progress: bool = True
+    threads: int | None = None        # torch threads for every run and evaluation (default: one per core)
 
 
 # ------------------------------------------------------------------ helpers
@@ -111,9 +114,10 @@ def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _recipe(raw: dict, overrides: list[str], changes: dict, where: str):
+def _recipe(raw: dict, overrides: list[str], changes: dict, where: str, threads: int | None = None):
     """A Recipe from a raw TOML table: the user's --set first, then the lab's own settings."""
-    return build_recipe(raw, where, overrides, changes, fit_batch=True)
+    return build_recipe(raw, where, overrides, dict(changes, **{"train.threads": threads} if threads else {}),
+                        fit_batch=True)
 
 
 # ------------------------------------------------------------------- corpus
@@ -178,11 +182,21 @@ def prepare_tokenizer(s: LabSettings, code_dir: Path, vocab_size: int):
     return Tokenizer.load(tdir), tdir
 
 
+def drill_tokens(tokenizer, fill: list[int], before: int, value: int) -> tuple[list[int], int]:
+    """A retrieval drill's prompt tokens (no BOS): fill[:before], the paper's key function returning value,
+    fill[before:], the question; and the key's distance, the tokens between the key's end and the question."""
+    if not 0 <= before <= len(fill):
+        raise ConfigError(f"lab: a drill's key cannot sit after token {before} of {len(fill)} filler tokens")
+    key, question = lc.key_snippets(tokenizer, value)
+    return fill[:before] + key + fill[before:] + question, len(fill) - before
+
+
 def write_drills(tokenizer, code_dir: Path, dest: Path, seq_len: int, n: int, seed: int = 0) -> Path:
     """dest: JSONL of n retrieval drills, {"prompt", "completion"}, each at most seq_len tokens with BOS: the
     key-retrieval task itself (the paper's `my_function` key and question) with a random value, a random
-    amount of training code (uniform up to what fits) split at a random point by the key;
-    the completion is the value and a newline."""
+    amount of training code (uniform up to what fits) split at a random point by the key, so that the key
+    sits anywhere from 0 to almost seq_len tokens before the question; the completion is the value and a
+    newline. The pretraining's drills are at most L long, the fine-tunes' as long as their rows."""
     if dest.is_file():
         return dest
     rng = np.random.default_rng([seed, 7])
@@ -201,9 +215,8 @@ def write_drills(tokenizer, code_dir: Path, dest: Path, seq_len: int, n: int, se
         n_fill = int(rng.integers(0, room + 1))
         before = int(rng.integers(0, n_fill + 1))
         start = int(rng.integers(0, len(stream) - n_fill))
-        fill = stream[start:start + n_fill].tolist()
-        prompt = tokenizer.decode(fill[:before] + key + fill[before:] + question)
-        rows.append(json.dumps({"prompt": prompt, "completion": f"{value}\n"}) + "\n")
+        ids, _ = drill_tokens(tokenizer, stream[start:start + n_fill].tolist(), before, value)
+        rows.append(json.dumps({"prompt": tokenizer.decode(ids), "completion": f"{value}\n"}) + "\n")
     dest.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(dest, "".join(rows))
     return dest
@@ -241,7 +254,7 @@ def pretrain_recipe(s: LabSettings, plan: Plan, seed: int, kind: str):
         # Dotted, so that the user's --set model.config.X survives.
         "model.config.max_seq_len": plan.seq_len, "model.config.position_encoding": kind,
     }
-    return _recipe(plan.pretrain_raw, s.overrides, changes, f"{PRETRAIN_RECIPE} ({kind}, seed {seed})")
+    return _recipe(plan.pretrain_raw, s.overrides, changes, f"{PRETRAIN_RECIPE} ({kind}, seed {seed})", s.threads)
 
 
 def lcft_recipe(s: LabSettings, plan: Plan, seed: int, m: Method, base_final: Path):
@@ -255,7 +268,7 @@ def lcft_recipe(s: LabSettings, plan: Plan, seed: int, m: Method, base_final: Pa
         "data.seq_len": long_len,
         "data.fim_rate": 0.0,
     }
-    return _recipe(plan.lcft_raw, s.lcft_overrides, changes, f"{LCFT_RECIPE} ({m.name}, seed {seed})")
+    return _recipe(plan.lcft_raw, s.lcft_overrides, changes, f"{LCFT_RECIPE} ({m.name}, seed {seed})", s.threads)
 
 
 # --------------------------------------------------------------- evaluation
@@ -269,15 +282,24 @@ class EvalData:
     window: int
 
 
+def held_out_half(texts: list[str], split: str) -> list[str]:
+    """The held-out files of one half: "report" (the tables) or "select" (for choosing settings), alternating
+    in file order so that both halves see every part of the corpus."""
+    if split not in ("report", "select"):
+        raise ConfigError(f"lab: eval split must be report or select, got {split!r}")
+    return texts[0::2] if split == "report" else texts[1::2]
+
+
 def eval_data(s: LabSettings, plan: Plan, tokenizer) -> EvalData:
     L = plan.seq_len
     top = s.max_length_multiple * L
-    texts = lc.held_out_texts(plan.code_dir, "valid")
+    texts = held_out_half(lc.held_out_texts(plan.code_dir, "valid"), s.eval_split)
     docs = lc.long_documents(texts, tokenizer, min_tokens=top + 1, max_tokens_each=top + 1,
                              total_tokens=s.eval_tokens)
     mults = [m for m in (1, 2, 4, 8, 16, 32, 64) if m <= s.max_length_multiple]
     return EvalData(docs=docs, filler=lc.code_token_stream(texts, tokenizer),
-                    ppl_lengths=[L // 4, L // 2] + [m * L for m in mults], kr_lengths=[m * L for m in mults],
+                    ppl_lengths=[L // 4, L // 2] + [m * L for m in mults],
+                    kr_lengths=[m * L for m in mults if m <= s.retrieval_max_multiple],
                     sweep_length=s.sweep_multiple * L, window=top)
 
 
@@ -315,7 +337,7 @@ def _drills_needed(share: float, train, row_len: int) -> int:
 def _eval_keys(s: LabSettings, pre_raw: dict, lcft_raw: dict) -> dict[bool, str]:
     """What a cached evaluation depends on, for models without (False) and with (True) a fine-tune: a model
     that was not fine-tuned keeps its evaluation when only the fine-tune settings change."""
-    settings = {k: v for k, v in asdict(s).items() if k not in ("out", "show_progress", "seeds", "methods")}
+    settings = {k: v for k, v in asdict(s).items() if k not in ("out", "show_progress", "seeds", "methods", "threads")}
     return {False: _fingerprint({"settings": {k: v for k, v in settings.items() if not k.startswith("lcft_")},
                                  "recipes": [pre_raw]}),
             True: _fingerprint({"settings": settings, "recipes": [pre_raw, lcft_raw]})}
@@ -325,6 +347,7 @@ def run_lab(s: LabSettings) -> dict:
     """Train, fine-tune and evaluate every method for every seed; write the table, plots and notes."""
     if s.seeds < 1:
         raise ConfigError(f"lab: --seeds must be at least 1, got {s.seeds}")
+    held_out_half([], s.eval_split)
     if s.lcft_factor < 2:
         raise ConfigError(f"lab: the fine-tune length factor must be at least 2, got {s.lcft_factor}")
     for name in ("drill_weight", "lcft_drill_weight"):
@@ -336,10 +359,8 @@ def run_lab(s: LabSettings) -> dict:
     t_start = time.time()
     s.out = Path(s.out)
     s.out.mkdir(parents=True, exist_ok=True)
-    from codelm.files import mark_output
-
     mark_output(s.out, "lab-length")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(s.threads or max(1, os.cpu_count() or 1))
     timings: dict[str, float] = {}
 
     pre_raw, _ = read_raw_recipe(PRETRAIN_RECIPE)
@@ -386,15 +407,16 @@ def run_lab(s: LabSettings) -> dict:
     for seed in range(s.seeds):
         finals: dict[str, Path] = {}
         for kind in bases:
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             r = pretrain_recipe(s, plan, seed, kind)
             plan.pretrain_tokens = r.train.max_steps * r.train.batch_tokens
             say(f"lab length: 2/4 seed {seed}: pretraining {kind} at L={L} "
                 f"({r.train.max_steps} steps x {r.train.batch_tokens} tokens)")
             finals[kind] = train_once(r, s.show_progress)
             timings[f"pretrain_{kind}_s"] = timings.get(f"pretrain_{kind}_s", 0.0) + time.time() - t0
+            timings["pretrain_cpu_s"] = timings.get("pretrain_cpu_s", 0.0) + time.process_time() - c0
         for m in ms:
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             if m.lcft is not None:
                 r = lcft_recipe(s, plan, seed, m, finals[m.base])
                 plan.lcft_tokens = r.train.max_steps * r.train.batch_tokens
@@ -402,20 +424,23 @@ def run_lab(s: LabSettings) -> dict:
                     f"{r.train.batch_tokens} tokens at {r.data.seq_len})")
                 path = train_once(r, s.show_progress)
                 timings["lcft_s"] = timings.get("lcft_s", 0.0) + time.time() - t0
+                timings["lcft_cpu_s"] = timings.get("lcft_cpu_s", 0.0) + time.process_time() - c0
             else:
                 path = finals[m.base]
-            t0 = time.time()
-            cache = s.out / "evals" / f"seed{seed}" / f"{m.name}.json"
+            t0, c0 = time.time(), time.process_time()
+            cache = s.out / ("evals" if s.eval_split == "report" else "evals-select") / f"seed{seed}" / f"{m.name}.json"
             got = json.loads(cache.read_text()) if cache.is_file() else None
             settings_key = eval_keys[m.lcft is not None]
             if got is None or got.get("key") != settings_key:
                 say(f"lab length: 4/4 seed {seed}: evaluating {m.label}")
                 ev = evaluate_model(_load_model(path, m.inference), tokenizer, data, s, seed, m.name)
                 got = {"key": settings_key, "method": m.name, "seed": seed, "model": str(path),
-                       "eval_seconds": round(time.time() - t0, 1), **ev}
+                       "eval_seconds": round(time.time() - t0, 1),
+                       "eval_cpu_seconds": round(time.process_time() - c0, 1), **ev}
                 write_json(cache, got)
             results[m.name][seed] = got
             timings["eval_s"] = timings.get("eval_s", 0.0) + time.time() - t0
+            timings["eval_cpu_s"] = timings.get("eval_cpu_s", 0.0) + time.process_time() - c0
 
     summary = summarize(results, ms, data, L, s, plan)
     summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
@@ -432,23 +457,23 @@ def run_lab(s: LabSettings) -> dict:
 
 
 def quick_recipes(pre: dict, lcft: dict) -> tuple[dict, dict]:
-    """Small sizes for tests and a first look: L = 32 bytes, a 2-layer model, 400 steps, 2% fine-tunes."""
+    """Small sizes for tests and a first look: the lab's 512-token BPE at L = 64 tokens (the paper's key and
+    question take 56 of them, so retrieval at L has its key a few tokens away), a 2-layer model, 400 steps,
+    5% fine-tunes at 4L."""
     pre, lcft = copy.deepcopy(pre), copy.deepcopy(lcft)
-    pre.setdefault("tokenizer", {})["vocab_size"] = 264  # bytes: 256 + 8 special tokens, no merges
     pre.setdefault("model", {})["config"] = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4,
                                               "multiple_of": 32}
-    pre.setdefault("data", {})["seq_len"] = 32
-    pre.setdefault("train", {}).update(max_steps=400, batch_tokens=1024, micro_batch_size=32, warmup_steps=40,
+    pre.setdefault("data", {})["seq_len"] = 64
+    pre.setdefault("train", {}).update(max_steps=400, batch_tokens=1024, micro_batch_size=16, warmup_steps=40,
                                        lr=5e-3, checkpoint_every=400)
-    lcft.setdefault("train", {}).update(max_steps=8, batch_tokens=1024, micro_batch_size=8, warmup_steps=1,
-                                        checkpoint_every=8)
+    lcft.setdefault("train", {}).update(max_steps=20, batch_tokens=1024, micro_batch_size=4, warmup_steps=1,
+                                        checkpoint_every=20)
     return pre, lcft
 
 
 def quick_settings(s: LabSettings) -> LabSettings:
-    """--quick: the paper's key-retrieval prompt (124 bytes) does not fit L = 32, so perplexity only."""
-    s.quick, s.retrieval, s.drill_weight, s.lcft_drill_weight = True, False, 0.0, 0.0
-    s.lcft_factor = 4  # 8 steps of 4 rows at 4L: each fine-tune a few seconds
+    """--quick: one seed of the small sizes, 16 retrieval prompts per cell, less text."""
+    s.quick, s.lcft_factor, s.retrieval_examples = True, 4, min(s.retrieval_examples, 16)
     s.train_chars, s.eval_tokens = min(s.train_chars, 1_500_000), min(s.eval_tokens, 4096)
     return s
 
@@ -456,16 +481,17 @@ def quick_settings(s: LabSettings) -> LabSettings:
 # ---------------------------------------------------------------------- CLI
 def lab_main(cfg: LabLengthConfig) -> int:
     """Entry point of `codelm lab length` (its flags: LabLengthConfig, in codelm/lab/length_config.py)."""
-    from codelm.files import claim_output
-
     claim_output(cfg.out, "lab-length", folder=True, force=cfg.force, what="lab folder",
                  legacy=lambda p: (p / "runs").is_dir() or (p / "results.json").exists())
     s = LabSettings(out=Path(cfg.out), seeds=cfg.seeds if cfg.seeds is not None else (1 if cfg.quick else 3),
                     quick=cfg.quick, overrides=list(cfg.set or []), lcft_overrides=list(cfg.lcft_set or []))
     if cfg.quick:
         quick_settings(s)
+    if cfg.methods:
+        s.methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     for name in ("lcft_factor", "retrieval_examples", "eval_tokens", "drill_weight", "drill_loss_weight",
-                 "lcft_drill_weight", "lcft_drill_loss_weight", "train_chars"):
+                 "lcft_drill_weight", "lcft_drill_loss_weight", "train_chars", "eval_split", "sweep_multiple",
+                 "threads", "retrieval_max_multiple"):
         v = getattr(cfg, name)
         if v is not None:
             setattr(s, name, v)
