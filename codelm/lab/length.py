@@ -22,7 +22,8 @@ value, random key-to-question distance), each at most L tokens, trained on the a
 a loss weight that makes a drill's few answer tokens count like a row of code. The skill exists
 inside the trained window; the lab asks whether it survives at distances never trained. The
 fine-tunes follow the paper's shape: a learning rate 15x below the pretraining peak and 5% of the
-pretraining tokens (recipes/lcft-lab.toml); `lcft_drill_weight` adds drills as long as their rows.
+pretraining tokens (recipes/lcft-lab.toml), and the pretraining's share of drills, as long as their
+rows (`lcft_drill_weight`).
 Settings are chosen on one half of the held-out files (`eval_split="select"`) and reported on the
 other.
 
@@ -92,10 +93,10 @@ class LabSettings:
     train_chars: int = 3_000_000      # training text kept from the corpus (the runs read a fraction)
     drill_weight: float = 0.5         # share of pretraining sequences drawn from retrieval drills
     drill_loss_weight: float = 40.0   # each drill answer token counts this many code tokens in the loss
-    # Drills in the fine-tunes: as long as their rows (keys up to the fine-tune length away), their code
-    # trained too, the answer weighing this much.
-    lcft_drill_weight: float = 0.0
-    lcft_drill_loss_weight: float = 1000.0
+    # Drills in the fine-tunes: the pretraining's share, as long as their rows (keys up to the fine-tune
+    # length away), their code trained too, the answer weighing about as much as a 512-token row of code.
+    lcft_drill_weight: float = 0.5
+    lcft_drill_loss_weight: float = 200.0
     eval_tokens: int = 16_384         # held-out tokens scored at every length
     retrieval_examples: int = 64      # per (length, key position) cell and seed
     sweep_multiple: int = 4           # the position sweep runs at sweep_multiple x L

@@ -80,7 +80,7 @@ def pattern_checks(summary: dict) -> list[dict]:
         add(f"LCFT θ=1e4 high at L, falling by {'–'.join(f'{k}L' for k in falls)}", row("lcft-1e4", [1] + falls),
             lambda first, *rest: first["lo"] >= HIGH and any(c["hi"] < first["lo"] for c in rest))
     inside = [k for k in mults if k <= ft]
-    add(f"PI ×{ft} high up to {ft}L" + (f", near 0 beyond" if beyond else ""), row("pi-ft", inside + beyond),
+    add(f"PI ×{ft} high up to {ft}L" + (", near 0 beyond" if beyond else ""), row("pi-ft", inside + beyond),
         lambda *cs: all(c["lo"] >= HIGH for c in cs[:len(inside)]) and all(c["hi"] <= NEAR_ZERO
                                                                             for c in cs[len(inside):]))
     add(f"LCFT θ=1e6 high up to {ft}L", row("lcft-1e6", inside), lambda *cs: all(c["lo"] >= HIGH for c in cs))
