@@ -64,11 +64,12 @@ def test_each_method_gets_its_own_fine_tune(tmp_path):
     drills = alibi.data.sources[1]
     assert drills.path == str(plan.drills) and drills.prompt_loss_weight == 0.0
     assert drills.loss_weight == s.drill_loss_weight and drills.weight == s.drill_weight
-    assert [x.name for x in ours.data.sources] == ["code"]      # by default the fine-tunes read code only
-    s.lcft_drill_weight = 0.5
-    long = lab.lcft_recipe(s, plan, 0, by["lcft-1e6"], base).data.sources[1]
+    # By default the fine-tunes keep the pretraining's share of drills, at their own length, code trained too.
+    long = ours.data.sources[1]
     assert long.path == str(plan.lcft_drills) and long.prompt_loss_weight == 1.0
-    assert long.loss_weight == s.lcft_drill_loss_weight and long.weight == 0.5
+    assert long.loss_weight == s.lcft_drill_loss_weight and long.weight == s.drill_weight == 0.5
+    s.lcft_drill_weight = 0.0
+    assert [x.name for x in lab.lcft_recipe(s, plan, 0, by["lcft-1e6"], base).data.sources] == ["code"]
     bad = lab.LabSettings(out=tmp_path, overrides=["train.lr_max=1"])
     with pytest.raises(ConfigError, match="lr_max"):
         lab.pretrain_recipe(bad, plan, 0, "rope")
