@@ -354,6 +354,13 @@ def explanation(summary: dict, table: str) -> str:
             caveat = (" No model retrieves reliably even at L, so this run says nothing about retrieval at a "
                       "distance: the model has not learned the skill within its window (train longer, e.g. "
                       "`--set train.max_steps=4000`, or raise `--drill-weight`).")
+        elif "rope" in ms and ms["rope"]["key_retrieval_by_length"][str(L)].get("lo", 1.0) < 0.5:
+            rope_L = ms["rope"]["key_retrieval_by_length"][str(L)]
+            caveat = (f" The RoPE model did not learn the skill within its own window ({100 * rope_L['mean']:.0f}% at L, "
+                      "under the 50% that \"high\" asks of the interval's lower end), so the fine-tunes that start "
+                      "from it have no retrieval to carry beyond L, and the RoPE rows cannot show Table 18's pattern: "
+                      "the skill appears abruptly late in pretraining and not on every seed (train longer, e.g. "
+                      "`--set train.max_steps=4000`).")
         sweep = ""
         if "alibi" in ms and "sweep" in ms["alibi"]:
             sw = ms["alibi"]["sweep"]
