@@ -10,7 +10,7 @@ from codelm.cli import build_parser
 from codelm.errors import ConfigError
 from codelm import demo
 from codelm.lab import length as lab
-from codelm.lab import report, stats
+from codelm.lab import drills, report, stats
 from codelm.train.recipe import RECIPES_DIR, read_raw_recipe
 from codelm.train.runs import essentials
 from codelm.train.recipe import load_recipe
@@ -83,7 +83,7 @@ def test_drills_are_short_and_answerable(tmp_path):
     code.mkdir()
     (code / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in stdlib_sample_texts(100_000)))
     tok = train_tokenizer(stdlib_sample_texts(100_000), 264, show_progress=False)
-    path = lab.write_drills(tok, code, tmp_path / "drills.jsonl", seq_len=256, n=30)
+    path = drills.write_drills(tok, code, tmp_path / "drills.jsonl", seq_len=256, n=30)
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(rows) == 30
     for row in rows:
@@ -156,20 +156,20 @@ def test_drills_place_keys_at_the_requested_distances_up_to_the_fine_tune_length
     fill = tok.encode("".join(texts))[:600]
     L, factor = 64, 4
     for distance in (0, 1, 17, L, 2 * L, factor * L - 80):
-        ids, got = lab.drill_tokens(tok, fill[:factor * L - 70], factor * L - 70 - distance, 42)
+        ids, got = drills.drill_tokens(tok, fill[:factor * L - 70], factor * L - 70 - distance, 42)
         key, question = key_snippets(tok, 42)
         start = ids.index(key[0], factor * L - 70 - distance)
         assert got == distance and ids[start:start + len(key)] == key
         # Exactly `distance` filler tokens lie between the key's last token and the question.
         assert len(ids) - len(question) - (start + len(key)) == distance
     with pytest.raises(ConfigError, match="cannot sit after"):
-        lab.drill_tokens(tok, fill[:10], 11, 42)
+        drills.drill_tokens(tok, fill[:10], 11, 42)
     # The fine-tunes' drills (written at their row length) spread keys from next to the question to most of
     # the row away, far beyond the pretraining's L.
     code = tmp_path / "code"
     code.mkdir()
     (code / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    rows = [json.loads(x) for x in lab.write_drills(tok, code, tmp_path / "d.jsonl", factor * L * 2, 120).read_text()
+    rows = [json.loads(x) for x in drills.write_drills(tok, code, tmp_path / "d.jsonl", factor * L * 2, 120).read_text()
             .splitlines()]
     question = len(tok.encode("\nassert my_function() == "))
     gaps = [len(tok.encode(r["prompt"].split(f"return {r['completion']}", 1)[1])) - question for r in rows]
