@@ -10,7 +10,7 @@ from codelm.cli import build_parser
 from codelm.errors import ConfigError
 from codelm import demo
 from codelm.lab import length as lab
-from codelm.lab import report
+from codelm.lab import drills, report, stats
 from codelm.train.recipe import RECIPES_DIR, read_raw_recipe
 from codelm.train.runs import essentials
 from codelm.train.recipe import load_recipe
@@ -28,8 +28,11 @@ def test_lcft_recipes_carry_the_papers_values():
     # LCFT with at most 2% of the demo's pretraining tokens (recipes/demo.toml: 600 x 4096).
     assert demo.train.max_steps * demo.train.batch_tokens <= 0.02 * 600 * 4096
     pre, ft = load_recipe(RECIPES_DIR / "lab-length.toml"), load_recipe(RECIPES_DIR / "lcft-lab.toml")
-    assert ft.data.seq_len == 8 * pre.data.seq_len
-    assert ft.train.max_steps * ft.train.batch_tokens <= 0.02 * pre.train.max_steps * pre.train.batch_tokens
+    # The lab's fine-tunes follow the paper's shape: 4x the length (Table 18), a learning rate 15x below the
+    # pretraining peak (2e-5 after 3e-4), at most 5% of the pretraining tokens (the paper's LCFT is ~4%).
+    assert ft.data.seq_len == 4 * pre.data.seq_len == lab.LabSettings(out=Path(".")).lcft_factor * pre.data.seq_len
+    assert ft.train.lr == pytest.approx(pre.train.lr / 15, rel=0.02)
+    assert ft.train.max_steps * ft.train.batch_tokens <= 0.05 * pre.train.max_steps * pre.train.batch_tokens
 
 
 def _plan(tmp_path, L=64):
@@ -61,11 +64,12 @@ def test_each_method_gets_its_own_fine_tune(tmp_path):
     drills = alibi.data.sources[1]
     assert drills.path == str(plan.drills) and drills.prompt_loss_weight == 0.0
     assert drills.loss_weight == s.drill_loss_weight and drills.weight == s.drill_weight
-    assert [x.name for x in ours.data.sources] == ["code"]      # by default the fine-tunes read code only
-    s.lcft_drill_weight = 0.5
-    long = lab.lcft_recipe(s, plan, 0, by["lcft-1e6"], base).data.sources[1]
+    # By default the fine-tunes keep the pretraining's share of drills, at their own length, code trained too.
+    long = ours.data.sources[1]
     assert long.path == str(plan.lcft_drills) and long.prompt_loss_weight == 1.0
-    assert long.loss_weight == s.lcft_drill_loss_weight and long.weight == 0.5
+    assert long.loss_weight == s.lcft_drill_loss_weight and long.weight == s.drill_weight == 0.5
+    s.lcft_drill_weight = 0.0
+    assert [x.name for x in lab.lcft_recipe(s, plan, 0, by["lcft-1e6"], base).data.sources] == ["code"]
     bad = lab.LabSettings(out=tmp_path, overrides=["train.lr_max=1"])
     with pytest.raises(ConfigError, match="lr_max"):
         lab.pretrain_recipe(bad, plan, 0, "rope")
@@ -79,7 +83,7 @@ def test_drills_are_short_and_answerable(tmp_path):
     code.mkdir()
     (code / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in stdlib_sample_texts(100_000)))
     tok = train_tokenizer(stdlib_sample_texts(100_000), 264, show_progress=False)
-    path = lab.write_drills(tok, code, tmp_path / "drills.jsonl", seq_len=256, n=30)
+    path = drills.write_drills(tok, code, tmp_path / "drills.jsonl", seq_len=256, n=30)
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(rows) == 30
     for row in rows:
@@ -95,6 +99,84 @@ def test_drills_are_short_and_answerable(tmp_path):
     assert min(gaps) < 15 and max(gaps) > 60 and np.median(gaps) < 50, gaps
 
 
+def test_wilson_interval_on_hand_values():
+    # Wilson's score interval, z = 1.96: 0/64 -> [0, z²/(n+z²)], n/n -> [n/(n+z²), 1], 32/64 symmetric about 1/2.
+    assert stats.wilson(0, 64) == (0.0, pytest.approx(0.05662, abs=1e-4))
+    assert stats.wilson(64, 64) == (pytest.approx(0.94338, abs=1e-4), 1.0)
+    lo, hi = stats.wilson(32, 64)
+    assert lo == pytest.approx(0.3810, abs=1e-4) and hi == pytest.approx(0.6190, abs=1e-4)
+    lo, hi = stats.wilson(10, 100)                      # a textbook value: 10/100 -> [5.52%, 17.44%]
+    assert lo == pytest.approx(0.0552, abs=1e-4) and hi == pytest.approx(0.1744, abs=1e-4)
+    with pytest.raises(ValueError, match="hits"):
+        stats.wilson(5, 4)
+    # Pooling: three seeds' accuracies of 64 prompts each become one count of 192.
+    p = stats.pooled([1.0, 0.5, 0.0], 64)
+    assert (p["hits"], p["n"], p["mean"]) == (96, 192, 0.5) and p["lo"] < 0.5 < p["hi"]
+    assert stats.pooled([1.0], 64)["lo"] == pytest.approx(0.94338, abs=1e-4)
+
+
+def _pattern_summary(cells: dict, L=64, ft=4):
+    """A summary with only what pattern_checks reads: {method: [accuracy at 1, 2, 4, 8, 16 L]}, 192 prompts."""
+    mults = (1, 2, 4, 8, 16)
+    return {"L": L, "lcft_length": ft * L, "kr_lengths": [m * L for m in mults],
+            "methods": {name: {"label": name, "key_retrieval_by_length": {
+                str(m * L): stats.pooled([a], 192) for m, a in zip(mults, accs)}} for name, accs in cells.items()}}
+
+
+def test_pattern_checks_read_the_intervals():
+    paper = {"rope": [0.95, 0.0, 0.0, 0.0, 0.0], "rope-1e6-infer": [0.95, 0.0, 0.0, 0.0, 0.0],
+             "lcft-1e4": [0.75, 0.2, 0.0, 0.0, 0.0], "pi-ft": [1.0, 1.0, 0.67, 0.0, 0.0],
+             "lcft-1e6": [0.97, 0.98, 0.84, 0.45, 0.1]}
+    checks = stats.pattern_checks(_pattern_summary(paper))
+    assert checks and all(c["held"] for c in checks), [c for c in checks if not c["held"]]
+    said = " / ".join(c["statement"] for c in checks)
+    assert "base RoPE high at L and near 0 from 2L" in said and "PI ×4 high up to 4L, near 0 beyond" in said
+    assert "LCFT θ=1e6 clearly above every other RoPE row at 16L" in said
+    # The lab's earlier run: LCFT θ=1e6 lost the skill (21% at L), θ→1e6 at inference kept some.
+    old = dict(paper, **{"lcft-1e6": [0.21, 0.26, 0.21, 0.01, 0.06], "rope-1e6-infer": [0.28, 0.39, 0.42, 0.08, 0.07]})
+    failed = {c["statement"] for c in stats.pattern_checks(_pattern_summary(old)) if not c["held"]}
+    assert failed == {"LCFT θ=1e6 high up to 4L", "θ→1e6 at inference only no better than base RoPE at 2L",
+                      "θ→1e6 at inference only no better than base RoPE at 4L",
+                      "θ→1e6 at inference only no better than base RoPE at 8L",
+                      "θ→1e6 at inference only no better than base RoPE at 16L",
+                      "LCFT θ=1e6 clearly above every other RoPE row at 8L",
+                      "LCFT θ=1e6 clearly above every other RoPE row at 16L"}
+    # Means alone would not decide: 5/192 against 1/192 overlaps, so "above" does not hold.
+    close = dict(paper, **{"lcft-1e6": [0.97, 0.98, 0.84, 5 / 192, 0.1]})
+    assert not next(c for c in stats.pattern_checks(_pattern_summary(close)) if c["statement"].endswith("8L")
+                    and "clearly above" in c["statement"])["held"]
+
+
+def test_drills_place_keys_at_the_requested_distances_up_to_the_fine_tune_length(tmp_path):
+    from codelm.evaluate.longctx import key_snippets, oracle_answer
+    from codelm.tokenizer import stdlib_sample_texts, train_tokenizer
+
+    texts = stdlib_sample_texts(150_000)
+    tok = train_tokenizer(texts, 300, show_progress=False)
+    fill = tok.encode("".join(texts))[:600]
+    L, factor = 64, 4
+    for distance in (0, 1, 17, L, 2 * L, factor * L - 80):
+        ids, got = drills.drill_tokens(tok, fill[:factor * L - 70], factor * L - 70 - distance, 42)
+        key, question = key_snippets(tok, 42)
+        start = ids.index(key[0], factor * L - 70 - distance)
+        assert got == distance and ids[start:start + len(key)] == key
+        # Exactly `distance` filler tokens lie between the key's last token and the question.
+        assert len(ids) - len(question) - (start + len(key)) == distance
+    with pytest.raises(ConfigError, match="cannot sit after"):
+        drills.drill_tokens(tok, fill[:10], 11, 42)
+    # The fine-tunes' drills (written at their row length) spread keys from next to the question to most of
+    # the row away, far beyond the pretraining's L.
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    rows = [json.loads(x) for x in drills.write_drills(tok, code, tmp_path / "d.jsonl", factor * L * 2, 120).read_text()
+            .splitlines()]
+    question = len(tok.encode("\nassert my_function() == "))
+    gaps = [len(tok.encode(r["prompt"].split(f"return {r['completion']}", 1)[1])) - question for r in rows]
+    assert all(oracle_answer(r["prompt"]) == r["completion"].strip() for r in rows)
+    assert min(gaps) < 20 and max(gaps) > factor * L, (min(gaps), max(gaps))
+
+
 def _fake_results(methods, seeds, data, L):
     rng = np.random.default_rng(0)
     results = {}
@@ -103,8 +185,9 @@ def _fake_results(methods, seeds, data, L):
         for seed in range(seeds):
             results[m.name][seed] = {
                 "perplexity": {str(n): {"ppl": float(3 + n / L * (m.name == "rope") + rng.random())} for n in data.ppl_lengths},
-                "key_retrieval": {f"{n}@{p:g}": float(rng.random()) for n in data.kr_lengths for p in (0.0, 0.2, 0.4)},
-                "sweep": {f"{data.sweep_length}@{p:g}": float(rng.random()) for p in (0.0, 0.25, 0.5, 0.75, 1.0)},
+                "key_retrieval": {f"{n}@{p:g}": int(rng.integers(0, 65)) / 64 for n in data.kr_lengths
+                                  for p in (0.0, 0.2, 0.4)},
+                "sweep": {f"{data.sweep_length}@{p:g}": int(rng.integers(0, 65)) / 64 for p in (0.0, 0.25, 0.5, 0.75, 1.0)},
                 "loss_by_position": {"edges": [0, 256, 512], "loss": [1.0, 1.5]},
             }
     return results

@@ -262,13 +262,15 @@ def key_retrieval_accuracy(model, tokenizer, examples: list[RetrievalExample], b
 
 
 def retrieval_grid(model, tokenizer, filler: np.ndarray, lengths: list[int], positions: list[float], n: int,
-                   seed: int = 0, batch_size: int = 8, progress: bool = False, desc: str = "key retrieval") -> dict:
-    """{"LENGTH@POSITION": accuracy} over every length and position, n examples each."""
+                   seed: int = 0, batch_tokens: int = 16384, progress: bool = False, desc: str = "key retrieval") -> dict:
+    """{"LENGTH@POSITION": accuracy} over every length and position, n examples each; prompts run in batches
+    of about batch_tokens tokens (many short prompts at once, a few long ones)."""
     cells = [(length, p) for length in lengths for p in positions]
     out = {}
     for length, p in tqdm(cells, desc=desc, disable=not progress, leave=False):
         ex = key_retrieval_examples(tokenizer, filler, length, p, n, seed)
-        out[cell_key(length, p)] = key_retrieval_accuracy(model, tokenizer, ex, batch_size=batch_size)
+        out[cell_key(length, p)] = key_retrieval_accuracy(model, tokenizer, ex,
+                                                          batch_size=max(1, batch_tokens // length))
     return out
 
 

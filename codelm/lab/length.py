@@ -4,15 +4,16 @@ A tiny Llama is trained at a short length L on the Python standard library, then
 
   rope             RoPE, θ = 1e4, as trained
   rope-1e6-infer   the same weights with θ raised to 1e6 at inference only
-  lcft-1e4         long-context fine-tuning at 8L keeping θ = 1e4
-  pi-ft            position interpolation (positions / 8) + the same fine-tune
-  lcft-1e6         long-context fine-tuning at 8L with θ = 1e6 (Code Llama's LCFT)
+  lcft-1e4         long-context fine-tuning at 4L keeping θ = 1e4
+  pi-ft            position interpolation (positions / 4) + the same fine-tune
+  lcft-1e6         long-context fine-tuning at 4L with θ = 1e6 (Code Llama's LCFT)
   alibi            ALiBi (no rotary embedding) trained at L from scratch
 
-Each is measured by perplexity at L/4 .. 16L on long held-out files, key retrieval (the paper's
-`my_function` task) by length and relative key position, a position sweep, and loss by position
-inside a 16L window; over several seeds (mean and spread). Outputs in OUT: results.json,
-table.md, README.md (what the curves show and why), ppl_by_length.png, key_retrieval.png,
+(4L as in the paper's Table 18, 4k -> 16k; `--lcft-factor` changes it.) Each is measured by perplexity
+at L/4 .. 16L on long held-out files, key retrieval (the paper's `my_function` task) by length and
+relative key position with a 95% interval per cell (codelm/lab/stats.py), a position sweep, and loss by
+position inside a 16L window; over several seeds. Outputs in OUT: results.json, table.md, README.md (what
+the curves show and why, and which of Table 18's statements hold), ppl_by_length.png, key_retrieval.png,
 loss_by_position.png, rope_decay.png.
 
 A tiny model does not learn to retrieve a value from minutes of standard-library code, so a
@@ -20,10 +21,11 @@ share of its training rows are retrieval drills: the evaluation's task on traini
 value, random key-to-question distance), each at most L tokens, trained on the answer only with
 a loss weight that makes a drill's few answer tokens count like a row of code. The skill exists
 inside the trained window; the lab asks whether it survives at distances never trained. The
-fine-tunes train on code only by default: with 2% of the pretraining tokens, drills in their mix
-(`lcft_drill_weight`: drills as long as their rows, code trained too, the answer weighted) kept a
-little more retrieval on some seeds and cost the perplexity at 8L that LCFT is for (a 3-seed
-comparison is in the README).
+fine-tunes follow the paper's shape: a learning rate 15x below the pretraining peak and 5% of the
+pretraining tokens (recipes/lcft-lab.toml), and the pretraining's share of drills, as long as their
+rows (`lcft_drill_weight`).
+Settings are chosen on one half of the held-out files (`eval_split="select"`) and reported on the
+other.
 
 Training goes through the ordinary recipes (recipes/lab-length.toml for the pretraining at L,
 recipes/lcft-lab.toml for the fine-tunes), so a larger lab is `--set` overrides away. Every stage
@@ -47,7 +49,8 @@ from codelm.data.corpus import (STDLIB_TEST_EXCLUDE, CorpusOptions, corpus_texts
                                 quality_problem, read_corpus, resolve_sources, split_of)
 from codelm.errors import ConfigError, DataError
 from codelm.evaluate import longctx as lc
-from codelm.files import atomic_write, write_json
+from codelm.files import atomic_write, claim_output, mark_output, write_json
+from codelm.lab.drills import write_drills
 from codelm.lab.length_config import LabLengthConfig
 from codelm.lab.report import compute_seconds, explanation, plot_all, summarize, table_markdown
 from codelm.model.checkpoint import load_checkpoint
@@ -87,23 +90,26 @@ class LabSettings:
     quick: bool = False
     overrides: list[str] = field(default_factory=list)       # --set for the pretraining recipe
     lcft_overrides: list[str] = field(default_factory=list)  # --lcft-set for the fine-tunes
-    lcft_factor: int = 8              # fine-tune length = factor x L
+    lcft_factor: int = 4              # fine-tune length = factor x L (4, as in the paper's Table 18)
     train_chars: int = 3_000_000      # training text kept from the corpus (the runs read a fraction)
     drill_weight: float = 0.5         # share of pretraining sequences drawn from retrieval drills
     drill_loss_weight: float = 40.0   # each drill answer token counts this many code tokens in the loss
-    # Drills in the fine-tunes (off by default: at 2% of the tokens they cost perplexity at 8L and kept
-    # little retrieval): as long as their rows, their code trained too, the answer weighing this much.
-    lcft_drill_weight: float = 0.0
-    lcft_drill_loss_weight: float = 1000.0
+    # Drills in the fine-tunes: the pretraining's share, as long as their rows (keys up to the fine-tune
+    # length away), their code trained too, the answer weighing about as much as a 512-token row of code.
+    lcft_drill_weight: float = 0.5
+    lcft_drill_loss_weight: float = 200.0
     eval_tokens: int = 16_384         # held-out tokens scored at every length
-    retrieval_examples: int = 8       # per (length, position) and seed
-    sweep_multiple: int = 8           # the position sweep runs at sweep_multiple x L
-    max_length_multiple: int = 16
+    retrieval_examples: int = 64      # per (length, key position) cell and seed
+    sweep_multiple: int = 4           # the position sweep runs at sweep_multiple x L
+    eval_split: str = "report"        # which half of the held-out files: "report" (the tables) or "select"
+    max_length_multiple: int = 16     # perplexity up to this multiple of L
+    retrieval_max_multiple: int = 8   # key retrieval up to this multiple of L (2x the fine-tune length)
     methods: list[str] | None = None  # which methods to run (default: all six)
     retrieval: bool = True            # key retrieval and the position sweep (off: perplexity only)
     corpus: Path | None = None        # an existing corpus folder (train.jsonl, valid.jsonl) instead of building one
     corpus_sources: list[str] | None = None   # default: the standard library (tests left out)
     show_progress: bool = True
+    threads: int | None = None        # torch threads for every run and evaluation (default: one per core)
 
 
 # ------------------------------------------------------------------ helpers
@@ -111,9 +117,10 @@ def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _recipe(raw: dict, overrides: list[str], changes: dict, where: str):
+def _recipe(raw: dict, overrides: list[str], changes: dict, where: str, threads: int | None = None):
     """A Recipe from a raw TOML table: the user's --set first, then the lab's own settings."""
-    return build_recipe(raw, where, overrides, changes, fit_batch=True)
+    return build_recipe(raw, where, overrides, dict(changes, **{"train.threads": threads} if threads else {}),
+                        fit_batch=True)
 
 
 # ------------------------------------------------------------------- corpus
@@ -178,37 +185,6 @@ def prepare_tokenizer(s: LabSettings, code_dir: Path, vocab_size: int):
     return Tokenizer.load(tdir), tdir
 
 
-def write_drills(tokenizer, code_dir: Path, dest: Path, seq_len: int, n: int, seed: int = 0) -> Path:
-    """dest: JSONL of n retrieval drills, {"prompt", "completion"}, each at most seq_len tokens with BOS: the
-    key-retrieval task itself (the paper's `my_function` key and question) with a random value, a random
-    amount of training code (uniform up to what fits) split at a random point by the key;
-    the completion is the value and a newline."""
-    if dest.is_file():
-        return dest
-    rng = np.random.default_rng([seed, 7])
-    stream = lc.code_token_stream(list(corpus_texts(code_dir, "train")), tokenizer, max_tokens=400_000)
-    rows = []
-    for _ in range(n):
-        value = int(rng.integers(10, 100))
-        key, question = lc.key_snippets(tokenizer, value)
-        answer = tokenizer.encode(f"{value}\n")
-        room = seq_len - 1 - len(key) - len(question) - len(answer)
-        if room < 0:
-            raise ConfigError(f"lab: data.seq_len={seq_len} is too short for a retrieval drill "
-                              f"({seq_len - room} tokens); use 128 or more")
-        # Short distances from key to question are the most frequent, which is what lets a tiny model find
-        # the skill at all (uniform distances up to L were not learned in the same number of steps).
-        n_fill = int(rng.integers(0, room + 1))
-        before = int(rng.integers(0, n_fill + 1))
-        start = int(rng.integers(0, len(stream) - n_fill))
-        fill = stream[start:start + n_fill].tolist()
-        prompt = tokenizer.decode(fill[:before] + key + fill[before:] + question)
-        rows.append(json.dumps({"prompt": prompt, "completion": f"{value}\n"}) + "\n")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(dest, "".join(rows))
-    return dest
-
-
 @dataclass
 class Plan:
     """Everything the lab's runs and evaluations depend on, fixed once per lab."""
@@ -241,7 +217,7 @@ def pretrain_recipe(s: LabSettings, plan: Plan, seed: int, kind: str):
         # Dotted, so that the user's --set model.config.X survives.
         "model.config.max_seq_len": plan.seq_len, "model.config.position_encoding": kind,
     }
-    return _recipe(plan.pretrain_raw, s.overrides, changes, f"{PRETRAIN_RECIPE} ({kind}, seed {seed})")
+    return _recipe(plan.pretrain_raw, s.overrides, changes, f"{PRETRAIN_RECIPE} ({kind}, seed {seed})", s.threads)
 
 
 def lcft_recipe(s: LabSettings, plan: Plan, seed: int, m: Method, base_final: Path):
@@ -255,7 +231,7 @@ def lcft_recipe(s: LabSettings, plan: Plan, seed: int, m: Method, base_final: Pa
         "data.seq_len": long_len,
         "data.fim_rate": 0.0,
     }
-    return _recipe(plan.lcft_raw, s.lcft_overrides, changes, f"{LCFT_RECIPE} ({m.name}, seed {seed})")
+    return _recipe(plan.lcft_raw, s.lcft_overrides, changes, f"{LCFT_RECIPE} ({m.name}, seed {seed})", s.threads)
 
 
 # --------------------------------------------------------------- evaluation
@@ -269,15 +245,24 @@ class EvalData:
     window: int
 
 
+def held_out_half(texts: list[str], split: str) -> list[str]:
+    """The held-out files of one half: "report" (the tables) or "select" (for choosing settings), alternating
+    in file order so that both halves see every part of the corpus."""
+    if split not in ("report", "select"):
+        raise ConfigError(f"lab: eval split must be report or select, got {split!r}")
+    return texts[0::2] if split == "report" else texts[1::2]
+
+
 def eval_data(s: LabSettings, plan: Plan, tokenizer) -> EvalData:
     L = plan.seq_len
     top = s.max_length_multiple * L
-    texts = lc.held_out_texts(plan.code_dir, "valid")
+    texts = held_out_half(lc.held_out_texts(plan.code_dir, "valid"), s.eval_split)
     docs = lc.long_documents(texts, tokenizer, min_tokens=top + 1, max_tokens_each=top + 1,
                              total_tokens=s.eval_tokens)
     mults = [m for m in (1, 2, 4, 8, 16, 32, 64) if m <= s.max_length_multiple]
     return EvalData(docs=docs, filler=lc.code_token_stream(texts, tokenizer),
-                    ppl_lengths=[L // 4, L // 2] + [m * L for m in mults], kr_lengths=[m * L for m in mults],
+                    ppl_lengths=[L // 4, L // 2] + [m * L for m in mults],
+                    kr_lengths=[m * L for m in mults if m <= s.retrieval_max_multiple],
                     sweep_length=s.sweep_multiple * L, window=top)
 
 
@@ -315,7 +300,7 @@ def _drills_needed(share: float, train, row_len: int) -> int:
 def _eval_keys(s: LabSettings, pre_raw: dict, lcft_raw: dict) -> dict[bool, str]:
     """What a cached evaluation depends on, for models without (False) and with (True) a fine-tune: a model
     that was not fine-tuned keeps its evaluation when only the fine-tune settings change."""
-    settings = {k: v for k, v in asdict(s).items() if k not in ("out", "show_progress", "seeds", "methods")}
+    settings = {k: v for k, v in asdict(s).items() if k not in ("out", "show_progress", "seeds", "methods", "threads")}
     return {False: _fingerprint({"settings": {k: v for k, v in settings.items() if not k.startswith("lcft_")},
                                  "recipes": [pre_raw]}),
             True: _fingerprint({"settings": settings, "recipes": [pre_raw, lcft_raw]})}
@@ -325,6 +310,7 @@ def run_lab(s: LabSettings) -> dict:
     """Train, fine-tune and evaluate every method for every seed; write the table, plots and notes."""
     if s.seeds < 1:
         raise ConfigError(f"lab: --seeds must be at least 1, got {s.seeds}")
+    held_out_half([], s.eval_split)
     if s.lcft_factor < 2:
         raise ConfigError(f"lab: the fine-tune length factor must be at least 2, got {s.lcft_factor}")
     for name in ("drill_weight", "lcft_drill_weight"):
@@ -336,10 +322,8 @@ def run_lab(s: LabSettings) -> dict:
     t_start = time.time()
     s.out = Path(s.out)
     s.out.mkdir(parents=True, exist_ok=True)
-    from codelm.files import mark_output
-
     mark_output(s.out, "lab-length")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(s.threads or max(1, os.cpu_count() or 1))
     timings: dict[str, float] = {}
 
     pre_raw, _ = read_raw_recipe(PRETRAIN_RECIPE)
@@ -386,15 +370,16 @@ def run_lab(s: LabSettings) -> dict:
     for seed in range(s.seeds):
         finals: dict[str, Path] = {}
         for kind in bases:
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             r = pretrain_recipe(s, plan, seed, kind)
             plan.pretrain_tokens = r.train.max_steps * r.train.batch_tokens
             say(f"lab length: 2/4 seed {seed}: pretraining {kind} at L={L} "
                 f"({r.train.max_steps} steps x {r.train.batch_tokens} tokens)")
             finals[kind] = train_once(r, s.show_progress)
             timings[f"pretrain_{kind}_s"] = timings.get(f"pretrain_{kind}_s", 0.0) + time.time() - t0
+            timings["pretrain_cpu_s"] = timings.get("pretrain_cpu_s", 0.0) + time.process_time() - c0
         for m in ms:
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             if m.lcft is not None:
                 r = lcft_recipe(s, plan, seed, m, finals[m.base])
                 plan.lcft_tokens = r.train.max_steps * r.train.batch_tokens
@@ -402,20 +387,23 @@ def run_lab(s: LabSettings) -> dict:
                     f"{r.train.batch_tokens} tokens at {r.data.seq_len})")
                 path = train_once(r, s.show_progress)
                 timings["lcft_s"] = timings.get("lcft_s", 0.0) + time.time() - t0
+                timings["lcft_cpu_s"] = timings.get("lcft_cpu_s", 0.0) + time.process_time() - c0
             else:
                 path = finals[m.base]
-            t0 = time.time()
-            cache = s.out / "evals" / f"seed{seed}" / f"{m.name}.json"
+            t0, c0 = time.time(), time.process_time()
+            cache = s.out / ("evals" if s.eval_split == "report" else "evals-select") / f"seed{seed}" / f"{m.name}.json"
             got = json.loads(cache.read_text()) if cache.is_file() else None
             settings_key = eval_keys[m.lcft is not None]
             if got is None or got.get("key") != settings_key:
                 say(f"lab length: 4/4 seed {seed}: evaluating {m.label}")
                 ev = evaluate_model(_load_model(path, m.inference), tokenizer, data, s, seed, m.name)
                 got = {"key": settings_key, "method": m.name, "seed": seed, "model": str(path),
-                       "eval_seconds": round(time.time() - t0, 1), **ev}
+                       "eval_seconds": round(time.time() - t0, 1),
+                       "eval_cpu_seconds": round(time.process_time() - c0, 1), **ev}
                 write_json(cache, got)
             results[m.name][seed] = got
             timings["eval_s"] = timings.get("eval_s", 0.0) + time.time() - t0
+            timings["eval_cpu_s"] = timings.get("eval_cpu_s", 0.0) + time.process_time() - c0
 
     summary = summarize(results, ms, data, L, s, plan)
     summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
@@ -446,7 +434,9 @@ def quick_recipes(pre: dict, lcft: dict) -> tuple[dict, dict]:
 
 
 def quick_settings(s: LabSettings) -> LabSettings:
-    """--quick: the paper's key-retrieval prompt (124 bytes) does not fit L = 32, so perplexity only."""
+    """--quick: perplexity only. The paper's key-retrieval prompt (124 bytes) does not fit L = 32, and at
+    sizes a test can afford (L = 64 BPE tokens, 2-3 layers, 400-1,000 steps) the model learned to copy
+    the value's last digit first, never the value (0 of 48 prompts at L)."""
     s.quick, s.retrieval, s.drill_weight, s.lcft_drill_weight = True, False, 0.0, 0.0
     s.lcft_factor = 4  # 8 steps of 4 rows at 4L: each fine-tune a few seconds
     s.train_chars, s.eval_tokens = min(s.train_chars, 1_500_000), min(s.eval_tokens, 4096)
@@ -456,16 +446,17 @@ def quick_settings(s: LabSettings) -> LabSettings:
 # ---------------------------------------------------------------------- CLI
 def lab_main(cfg: LabLengthConfig) -> int:
     """Entry point of `codelm lab length` (its flags: LabLengthConfig, in codelm/lab/length_config.py)."""
-    from codelm.files import claim_output
-
     claim_output(cfg.out, "lab-length", folder=True, force=cfg.force, what="lab folder",
                  legacy=lambda p: (p / "runs").is_dir() or (p / "results.json").exists())
     s = LabSettings(out=Path(cfg.out), seeds=cfg.seeds if cfg.seeds is not None else (1 if cfg.quick else 3),
                     quick=cfg.quick, overrides=list(cfg.set or []), lcft_overrides=list(cfg.lcft_set or []))
     if cfg.quick:
         quick_settings(s)
+    if cfg.methods:
+        s.methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     for name in ("lcft_factor", "retrieval_examples", "eval_tokens", "drill_weight", "drill_loss_weight",
-                 "lcft_drill_weight", "lcft_drill_loss_weight", "train_chars"):
+                 "lcft_drill_weight", "lcft_drill_loss_weight", "train_chars", "eval_split", "sweep_multiple",
+                 "threads", "retrieval_max_multiple"):
         v = getattr(cfg, name)
         if v is not None:
             setattr(s, name, v)
