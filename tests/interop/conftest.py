@@ -8,6 +8,7 @@ Figures the checks measure are printed at the end ("interop measurements").
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -151,15 +152,21 @@ N_TASKS = 20
 
 
 def native_eval(model_dir: Path, benchmark: str, out: Path) -> Path:
-    """`codelm eval --backend native` on the first N_TASKS tasks, greedy, once per session and benchmark."""
-    run = out / f"native-{benchmark}"
+    """`codelm eval --backend native` on the first N_TASKS tasks, greedy. Kept beside the model, keyed by the
+    sources that make it (codelm/generate, codelm/evaluate, the model), so later runs reuse it."""
+    digest = hashlib.sha256(str(model_dir).encode())
+    for source in sorted([*(REPO / "codelm" / "generate").rglob("*.py"), *(REPO / "codelm" / "evaluate").rglob("*.py"),
+                          *(REPO / "codelm" / "benchdata").glob("*"), model_dir / "model.safetensors"]):
+        digest.update(source.read_bytes())
+    run = model_dir.parent.parent / "native-evals" / f"{benchmark}-{N_TASKS}-{digest.hexdigest()[:12]}"
     if not (run / "results.jsonl").exists():
         codelm("eval", "--benchmark", benchmark, "--model", str(model_dir), "--limit", str(N_TASKS),
-               "--out", str(run), "--force")
+               "--out", str(run), *(["--resume"] if run.exists() else []))
     return run
 
 
-def assert_same_verdicts(native: Path, other: Path, what: str) -> None:
+def assert_same_verdicts(native: Path, other: Path, what: str, exact: bool = False) -> None:
+    """Per-task verdicts equal to native's; with `exact`, the completions too (fp32 engines)."""
     ours, theirs = verdicts(native), verdicts(other)
     assert len(ours) == N_TASKS and set(ours) == set(theirs), (sorted(ours), sorted(theirs))
     MEASURED[f"{what}: tasks passed (native / engine)"] = f"{sum(ours.values())} / {sum(theirs.values())}"
@@ -167,6 +174,8 @@ def assert_same_verdicts(native: Path, other: Path, what: str) -> None:
     MEASURED[f"{what}: completions equal to native"] = f"{sum(a[t] == b[t] for t in a)}/{len(a)}"
     differ = {t: (ours[t], theirs[t]) for t in ours if ours[t] != theirs[t]}
     assert not differ, f"{what}: per-task verdicts differ from native: {differ}"
+    if exact:
+        assert a == b, f"{what}: completions differ from native: {[t for t in a if a[t] != b[t]]}"
 
 
 @pytest.fixture(scope="session")
