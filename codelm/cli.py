@@ -368,7 +368,8 @@ def _run_export(args):
 
     out = export_main(**_settings(args))
     if args.format == "hf":
-        print(f"exported {args.model} -> {args.out} (Hugging Face layout: vllm serve {args.out})")
+        print(f"exported {args.model} -> {args.out} (Hugging Face layout: "
+              f"python -m vllm.entrypoints.openai.api_server --model {args.out})")
     else:
         print(f"exported {args.model} -> {args.out} (GGUF, {out.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -15,7 +15,10 @@ from llama_cpp import Llama
 
 def main(request_path: str, out_path: str) -> None:
     req = json.loads(open(request_path).read())
-    llm = Llama(model_path=req["gguf"], n_ctx=2048, n_batch=2048, logits_all=True, verbose=False, n_threads=2)
+    # An f32 KV cache (type_k/type_v 0 = GGML_TYPE_F32): llama.cpp keeps K and V in f16 by default, which alone
+    # moves f32 logits by ~2e-3.
+    llm = Llama(model_path=req["gguf"], n_ctx=2048, n_batch=2048, logits_all=True, verbose=False, n_threads=2,
+                type_k=0, type_v=0)
     out = {}
     for i, text in enumerate(req["texts"]):
         out[f"tokens_{i}"] = np.array(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False), dtype=np.int64)

@@ -2,13 +2,14 @@
 bench/engines.py): tokenization, logits, greedy tokens, and `codelm eval` through both servers."""
 import json
 import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import (CODE_PROMPTS, HERE, MEASURED, N_TASKS, Server, assert_same_verdicts, codelm, engine,
-                      free_port, native_eval, post)
+from conftest import (CODE_PROMPTS, HERE, MEASURED, N_TASKS, Server, assert_same_verdicts, codelm, codelm_env,
+                      engine, free_port, native_eval, post)
 from helpers import sample_snippets
 
 from codelm.generate import complete_batch
@@ -99,7 +100,8 @@ def llama_cpp_python_server(ggufs, tmp_path_factory):
     python = engine("llama-cpp-python")
     port = free_port()
     cmd = [str(python), "-m", "llama_cpp.server", "--model", str(ggufs["float32"]), "--model_alias", "codelm",
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2",
+           "--type_k", "0", "--type_v", "0"]  # an f32 KV cache (llama.cpp's default f16 moves f32 logits ~2e-3)
     with Server(cmd, port, tmp_path_factory.mktemp("lcp") / "server.log", timeout=300) as url:
         yield url
 
@@ -109,18 +111,18 @@ def test_llama_cpp_python_server_humaneval_verdicts(llama_cpp_python_server, mod
     out = evals / "llama-cpp-python-humaneval"
     codelm("eval", "--benchmark", "humaneval", "--backend", "openai", "--model", llama_cpp_python_server + "/v1",
            "--limit", str(N_TASKS), "--out", str(out), "--force", "--concurrency", "1")
-    assert_same_verdicts(native, out, "llama-cpp-python server HumanEval first 20")
+    assert_same_verdicts(native, out, "llama-cpp-python server HumanEval first 20 (f32, f32 KV cache)")
 
 
 @pytest.mark.parametrize("mode", ["suffix", "tokens", "llama.cpp"])
 def test_llama_cpp_python_server_infilling_is_refused(llama_cpp_python_server, model_dir, tmp_path, mode):
     """It cannot infill correctly (text prompts only; token 0 for PRE/SUF/MID in its suffix prompt; no /infill):
     codelm says so in one line before sending anything, instead of retrying a 500 or scoring wrong text."""
-    run = subprocess.run(["python", "-c", "import sys; from codelm.cli import main; sys.exit(main())", "eval",
+    run = subprocess.run([sys.executable, "-m", "codelm.cli", "eval",
                           "--benchmark", "humaneval-infilling-single-line", "--backend", "openai", "--model",
                           llama_cpp_python_server + "/v1", "--infill", mode, "--tokenizer", str(model_dir),
                           "--limit", "2", "--out", str(tmp_path / "x")], capture_output=True, text=True,
-                         env=__import__("conftest").codelm_env())
+                         env=codelm_env())
     assert run.returncode == 2, run.stderr
     assert "llama-cpp-python's server cannot infill correctly" in run.stderr.strip().splitlines()[-1]
 
