@@ -1,10 +1,11 @@
-# The two commands a new user runs: `make demo` and `make test`.
+# The two commands a new user runs: `make demo` and `make test`. `make interop`: codelm through vLLM,
+# llama.cpp and transformers (engines built once into ~/.cache/codelm/engines; docs/serving.md).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test interop install clean bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+interop: $(STAMP)
+	$(PY) -m pytest -q -m interop -rs tests/interop
 
 clean:
 	rm -rf $(VENV) demo-out

@@ -375,8 +375,9 @@ def _add_export(sub):
     p.add_argument("model", help="checkpoint directory (HF or Meta layout)")
     p.add_argument("out", help="the .gguf file, or the HF folder")
     _add_force(p, "OUT")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                   help="weights' dtype (GGUF: float32 or float16; default float32 / as stored)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "q8_0"],
+                   help="weights' dtype (GGUF: float32, float16 or q8_0; HF: float32, float16 or bfloat16; "
+                        "default float32 / as stored)")
     p.add_argument("--name", default=None, help="model name in the GGUF metadata (default: the folder's name)")
     p.set_defaults(func=_run_export)
 
@@ -386,7 +387,8 @@ def _run_export(args):
 
     out = export_main(**_settings(args))
     if args.format == "hf":
-        print(f"exported {args.model} -> {args.out} (Hugging Face layout: vllm serve {args.out})")
+        print(f"exported {args.model} -> {args.out} (Hugging Face layout: "
+              f"python -m vllm.entrypoints.openai.api_server --model {args.out})")
     else:
         print(f"exported {args.model} -> {args.out} (GGUF, {out.stat().st_size / 1e6:.1f} MB)")
     return 0

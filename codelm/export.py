@@ -7,11 +7,16 @@ GGUF ("llama" architecture, written with the `gguf` package):
             RoPE layout llama.cpp computes with (the permutation of llama.cpp's HF converter, which is
             also Meta's own layout).
   metadata  llama.* shape keys, RoPE base and linear scaling, the tokenizer (SentencePiece -> "llama",
-            with piece scores and types; codelm's byte-level BPE -> "gpt2", with merges), BOS/EOS/UNK/PAD
-            ids and the infilling ids (fim_pre/suf/mid, EOT), so llama-server's /infill works.
-Limits: codelm's byte-level BPE splits digits one by one before byte-level BPE; llama.cpp's "gpt2"
-pre-tokenizer ("default") does not, so llama.cpp can tokenize digit runs differently from codelm. The
-SentencePiece (Code Llama) vocabulary has no such gap. ALiBi models cannot be exported (llama has no ALiBi).
+            with piece scores and types; a byte-level BPE -> "gpt2", with merges and the llama.cpp
+            pre-tokenizer whose split rule equals the tokenizer.json's: codelm's digits-one-by-one
+            then GPT-2 regex is llama.cpp's "refact", the bare GPT-2 regex is "gpt-2"; any other rule is
+            refused rather than written as "default", which splits punctuation runs differently),
+            BOS/EOS/UNK/PAD ids and the infilling ids (fim_pre/suf/mid, EOT) under the keys llama.cpp's
+            own converter writes, so llama-server's /infill works.
+  dtypes    float32; float16 (2-D weights); q8_0 (2-D weights whose rows are a multiple of 32 values, in
+            llama.cpp's Q8_0 blocks, quantized with the `gguf` package; others F16). Norms stay F32.
+Limits: llama.cpp ends every generation at EOT ("<EOT>" is on its end-of-generation list whatever the
+metadata says), also a plain completion. ALiBi models cannot be exported (llama has no ALiBi).
 """
 from __future__ import annotations
 
@@ -20,15 +25,19 @@ import os
 import sys
 from pathlib import Path
 
+import gguf
+import numpy as np
+
 from codelm.errors import CodelmError, ConfigError, TokenizerError
+from codelm.files import claim_output, file_mode, mark_output
+from codelm.model.checkpoint import load, save_hf, to_meta_state_dict
 
 FORMATS = ("gguf", "hf")
+GGUF_DTYPES = ("float32", "float16", "q8_0")
 
 
 def gguf_tensors(model) -> dict:
     """GGUF name -> torch tensor (Q and K in llama.cpp's interleaved RoPE layout)."""
-    from codelm.model.checkpoint import to_meta_state_dict
-
     meta = to_meta_state_dict(model)  # Meta layout == llama.cpp's (its HF converter permutes into it)
     out = {"token_embd.weight": meta["tok_embeddings.weight"], "output_norm.weight": meta["norm.weight"],
            "output.weight": meta["output.weight"]}
@@ -41,9 +50,28 @@ def gguf_tensors(model) -> dict:
     return out
 
 
-def _tokenizer_metadata(writer, tok, vocab_size: int) -> None:
-    import gguf
+def bpe_pre_tokenizer(spec: dict, source: str) -> str:
+    """llama.cpp's name for the split rule of a byte-level BPE tokenizer.json (its `pre_tokenizer`).
 
+    codelm's tokenizer splits every digit, then applies the GPT-2 regex (tokenizers' ByteLevel with
+    use_regex): llama.cpp's "refact" rule is exactly that ("\\p{N}", then the GPT-2 regex). ByteLevel alone is
+    "gpt-2". Anything else has no known llama.cpp equivalent here, and a wrong one tokenizes silently
+    differently, so it is refused."""
+    pre = spec.get("pre_tokenizer") or {}
+    steps = list(pre.get("pretokenizers") or []) if pre.get("type") == "Sequence" else [pre]
+    digits = bool(steps) and steps[0].get("type") == "Digits" and steps[0].get("individual_digits") is True
+    rest = steps[1:] if digits else steps
+    byte_level = (len(rest) == 1 and rest[0].get("type") == "ByteLevel" and rest[0].get("use_regex", True)
+                  and not rest[0].get("add_prefix_space", False))
+    if byte_level and not spec.get("normalizer"):
+        return "refact" if digits else "gpt-2"
+    shown = " + ".join(str(step.get("type")) for step in steps) or "none"
+    raise TokenizerError(f"{source}: no llama.cpp pre-tokenizer is known to split text like this tokenizer.json "
+                         f"(pre_tokenizer {shown}); GGUF export supports codelm's (Digits + ByteLevel) and "
+                         "GPT-2's (ByteLevel)")
+
+
+def _tokenizer_metadata(writer, tok, vocab_size: int) -> None:
     if tok.kind == "sentencepiece":
         proto = tok._sp_proto
         tokens = [p.piece.encode("utf-8") for p in proto.pieces]
@@ -68,7 +96,7 @@ def _tokenizer_metadata(writer, tok, vocab_size: int) -> None:
         scores = [0.0] * n
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("default")
+        writer.add_tokenizer_pre(bpe_pre_tokenizer(spec, tok.source))
         writer.add_token_merges(merges)
     # The model's embedding may be larger than the tokenizer (padded vocabularies): name the extra rows.
     for i in range(len(tokens), vocab_size):
@@ -95,15 +123,12 @@ def _tokenizer_metadata(writer, tok, vocab_size: int) -> None:
 
 
 def export_gguf(model, tokenizer, path, name: str = "codelm", dtype: str = "float32") -> Path:
-    """Write `model` (+ tokenizer) as a GGUF file at `path` (written to a temporary file, then renamed)."""
-    import gguf
-    import numpy as np
-
+    """Write `model` (+ tokenizer) as a GGUF file at `path` (written to a temporary file, then renamed).
+    `dtype`: float32, float16 or q8_0 (see the module docstring)."""
     c = model.config
     if getattr(c, "position_encoding", "rope") != "rope":
         raise ConfigError(f"GGUF export needs a RoPE model; this one uses {c.position_encoding}")
-    if dtype not in ("float32", "float16"):
-        raise ConfigError(f"--dtype for GGUF must be float32 or float16, got {dtype}")
+    _check_gguf_dtype(dtype)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -127,20 +152,23 @@ def export_gguf(model, tokenizer, path, name: str = "codelm", dtype: str = "floa
             writer.add_rope_scaling_factor(float(scaling["factor"]))
         elif kind not in (None, "default"):
             raise ConfigError(f"GGUF export supports linear RoPE scaling only, not {kind!r}")
-        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "float32" else gguf.LlamaFileType.MOSTLY_F16)
+        writer.add_file_type({"float32": gguf.LlamaFileType.ALL_F32, "float16": gguf.LlamaFileType.MOSTLY_F16,
+                              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
         if tokenizer is not None:
             _tokenizer_metadata(writer, tokenizer, c.vocab_size)
         for gname, tensor in gguf_tensors(model).items():
-            array = tensor.detach().float().cpu().numpy()
-            if dtype == "float16" and array.ndim == 2:
+            array = np.ascontiguousarray(tensor.detach().float().cpu().numpy())
+            if dtype == "q8_0" and array.ndim == 2 and array.shape[-1] % Q8_0_BLOCK == 0:
+                q = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+                writer.add_tensor(gname, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                continue
+            if dtype != "float32" and array.ndim == 2:
                 array = array.astype(np.float16)
-            writer.add_tensor(gname, np.ascontiguousarray(array))
+            writer.add_tensor(gname, array)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        from codelm.files import file_mode
-
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
@@ -149,13 +177,17 @@ def export_gguf(model, tokenizer, path, name: str = "codelm", dtype: str = "floa
     return path
 
 
+Q8_0_BLOCK = 32  # values per Q8_0 block (one f16 scale + 32 int8)
+
+
+def _check_gguf_dtype(dtype: str) -> None:
+    if dtype not in GGUF_DTYPES:
+        raise ConfigError(f"--dtype for GGUF must be one of {', '.join(GGUF_DTYPES)}, got {dtype}")
+
+
 def export_main(model: str, out: str, *, format: str, dtype: str | None = None, name: str | None = None,
                 force: bool = False) -> Path:
     """Entry point of `codelm export --format gguf|hf MODEL OUT`: returns OUT (the command line prints it)."""
-    from codelm.model.checkpoint import load, save_hf
-
-    from codelm.files import claim_output, mark_output
-
     if format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
     if format == "hf":
@@ -163,11 +195,13 @@ def export_main(model: str, out: str, *, format: str, dtype: str | None = None, 
     else:
         if Path(out).is_dir():
             raise CodelmError(f"{out} is a folder; give the GGUF file's path")
+        if dtype is not None:
+            _check_gguf_dtype(dtype)
         claim_output(out, "gguf", folder=False, force=force, inputs=[model], what="GGUF file")
-        if dtype not in (None, "float32", "float16"):
-            raise ConfigError(f"--dtype for GGUF must be float32 or float16, got {dtype}")
     loaded = load(model)
     if format == "hf":
+        if dtype == "q8_0":
+            raise ConfigError("--dtype q8_0 is for GGUF files; the HF layout takes float32, float16 or bfloat16")
         save_hf(loaded.model, out, tokenizer=loaded.tokenizer, dtype=dtype)
         return Path(out)
     if loaded.tokenizer is None:

@@ -42,6 +42,12 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
+from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.models import BPE
+
 from codelm.errors import ConfigError, DataError, TokenizerError
 from codelm.files import atomic_write_bytes
 
@@ -53,6 +59,24 @@ CODE_LLAMA_FIM_PIECES = ("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>")
 STEP_PIECE = "<step>"  # 70B-Instruct turn separator
 
 SP_SPACE = "▁"
+# The Llama 2 / Code Llama - Instruct layout of codelm.data.dialogs, as the Jinja chat template that
+# tokenizer_config.json carries, so vLLM's and transformers' chat routes lay a dialog out token for token
+# as `codelm chat` does: "<s>[INST] {user} [/INST] {answer} </s>" per exchange, a leading system message
+# folded into the first user turn as "<<SYS>>\n{system}\n<</SYS>>\n\n{user}", texts stripped.
+LLAMA2_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set system = '<<SYS>>\\n' + messages[0]['content'] + '\\n<</SYS>>\\n\\n' -%}"
+    "{%- set turns = messages[1:] -%}"
+    "{%- else -%}{%- set system = '' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for m in turns -%}"
+    "{%- if (m['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('roles must alternate user/assistant starting with user (system optional first)') }}"
+    "{%- endif -%}"
+    "{%- if m['role'] == 'user' -%}"
+    "{{ bos_token + '[INST] ' + ((system if loop.first else '') + m['content']).strip() + ' [/INST]' }}"
+    "{%- else -%}{{ ' ' + m['content'].strip() + ' ' + eos_token }}{%- endif -%}"
+    "{%- endfor -%}"
+)
 _FIM_ROLES = ("prefix", "suffix", "middle", "eot")
 _ROLES = ("bos", "eos", "pad", "unk", *_FIM_ROLES, "step")
 # Piece names tried, in order, when a tokenizer.json comes without a tokenizer_config.json naming them.
@@ -122,9 +146,6 @@ class Tokenizer:
     # ---- construction -------------------------------------------------------------------------
 
     def _init_sentencepiece(self, model_bytes: bytes) -> None:
-        import sentencepiece as spm
-        from sentencepiece import sentencepiece_model_pb2
-
         try:
             if not model_bytes:
                 raise ValueError("empty file")
@@ -158,8 +179,6 @@ class Tokenizer:
         return None if self._sp.is_unknown(i) else i
 
     def _init_bpe(self, json_text: str) -> None:
-        from tokenizers import Tokenizer as HFTokenizer
-
         try:
             spec = json.loads(json_text)
             if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
@@ -317,6 +336,8 @@ class Tokenizer:
         for role in _FIM_ROLES:  # the names CodeLlamaTokenizer uses; our loader reads them back
             if role in special:
                 config[_CONFIG_KEYS[role]] = special[role]
+        if self.step_id is None:  # the [INST] layout `codelm chat` uses (the 70B <step> layout has no template)
+            config["chat_template"] = LLAMA2_CHAT_TEMPLATE
         atomic_write_bytes(directory / "tokenizer_config.json", _json_bytes(config))
         atomic_write_bytes(directory / "special_tokens_map.json", _json_bytes(special_map))
 
@@ -377,10 +398,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     every text (no normalizer touches whitespace or unicode). Digits are split one by one, so numbers
     tokenize consistently; runs of spaces and newline-plus-indentation become tokens of their own.
     """
-    from tokenizers import AddedToken, decoders, pre_tokenizers, processors, trainers
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers.models import BPE
-
     smallest = len(SPECIAL_TOKENS) + 256
     if vocab_size < smallest:
         raise ConfigError(f"vocab_size {vocab_size} is too small: a byte-level BPE needs at least {smallest} "
@@ -521,10 +538,6 @@ def _sentencepiece_to_tokenizer_json(proto, bos_id: int) -> str | None:
     never merged but matched whole in the normalized text: a Split pre-tokenizer isolates them and
     `ignore_merges` lets BPE emit a whole-vocabulary word as is, as transformers' own converter does.
     """
-    from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers.models import BPE
-
     if proto.trainer_spec.model_type != 2:  # 2 = BPE in sentencepiece_model.proto
         return None
     normal, user_defined, control = 1, 4, (2, 3)  # piece types: 2 unknown, 3 control

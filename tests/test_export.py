@@ -1,14 +1,16 @@
 """GGUF export, read back with the `gguf` package's reader: metadata, tokenizer, tensors and the RoPE layout."""
+import json
 import subprocess
 import sys
 
 import gguf
 import numpy as np
 import pytest
-from helpers import make_tiny_bpe, make_tiny_sentencepiece, tiny_llama
+import regex
+from helpers import make_tiny_bpe, make_tiny_sentencepiece, sample_snippets, tiny_llama
 
-from codelm.errors import ConfigError
-from codelm.export import export_gguf
+from codelm.errors import ConfigError, TokenizerError
+from codelm.export import bpe_pre_tokenizer, export_gguf
 from codelm.model.checkpoint import save_hf, to_hf_state_dict
 from codelm.tokenizer import Tokenizer
 
@@ -113,7 +115,7 @@ def test_sentencepiece_vocabulary_fp16_and_linear_scaling(tmp_path):
 
 def test_refusals(tmp_path):
     tok = make_tiny_bpe()
-    with pytest.raises(ConfigError, match="float32 or float16"):
+    with pytest.raises(ConfigError, match="float32, float16, q8_0"):
         export_gguf(tiny(tok.vocab_size), tok, tmp_path / "x.gguf", dtype="bfloat16")
     with pytest.raises(ConfigError, match="linear"):
         export_gguf(tiny(tok.vocab_size, rope_scaling={"type": "dynamic", "factor": 2.0}), tok, tmp_path / "y.gguf")
@@ -130,3 +132,79 @@ def test_export_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "codelm.cli", "export", "--format", "hf", str(tmp_path / "ckpt"),
                         str(tmp_path / "hf")], capture_output=True, text=True)
     assert r.returncode == 0 and (tmp_path / "hf" / "config.json").is_file()
+
+
+# llama.cpp's "refact" pre-tokenizer (src/llama-vocab.cpp, vendored by llama-cpp-python 0.3.36): each regex
+# splits every fragment the previous one left, matches and the text between them both kept.
+GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+REFACT_REGEXES = (r"\p{N}", GPT2_REGEX)
+
+
+def llama_cpp_split(text: str, regexes) -> list[str]:
+    pieces = [text]
+    for pattern in regexes:
+        out = []
+        for piece in pieces:
+            start = 0
+            for m in regex.finditer(pattern, piece):
+                if m.start() > start:
+                    out.append(piece[start:m.start()])
+                out.append(m.group())
+                start = m.end()
+            if start < len(piece):
+                out.append(piece[start:])
+        pieces = out
+    return pieces
+
+
+def test_gguf_pre_tokenizer_splits_like_codelm(tmp_path):
+    """The pre-tokenizer named in the GGUF splits 200 code strings exactly as codelm's tokenizer does
+    ("default", written before, splits punctuation runs such as ' __' differently)."""
+    tok = make_tiny_bpe()
+    spec = json.loads(tok._payload)
+    assert bpe_pre_tokenizer(spec, "t") == "refact"
+    f = fields(gguf.GGUFReader(str(export_gguf(tiny(tok.vocab_size), tok, tmp_path / "m.gguf"))))
+    assert f["tokenizer.ggml.pre"] == "refact"
+    ours = tok._hf.pre_tokenizer
+    texts = sample_snippets(200) + [" __init__", "x  = 12345", "  1", "a\n\n  b", "return{'k':[1,2]}"]
+    to_chars = _gpt2_byte_chars()
+    for text in texts:
+        theirs = llama_cpp_split(text, REFACT_REGEXES)
+        assert "".join(theirs) == text
+        mine = [piece for piece, _ in ours.pre_tokenize_str(text)]
+        assert mine == ["".join(to_chars[b] for b in p.encode("utf-8")) for p in theirs], text
+
+
+def _gpt2_byte_chars() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (the ByteLevel alphabet)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def test_gguf_pre_tokenizer_refuses_unknown_rules():
+    assert bpe_pre_tokenizer({"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}}, "t") == "gpt-2"
+    with pytest.raises(TokenizerError, match="no llama.cpp pre-tokenizer.*Metaspace"):
+        bpe_pre_tokenizer({"pre_tokenizer": {"type": "Metaspace"}}, "x/tokenizer.json")
+
+
+def test_gguf_q8_0(tmp_path):
+    tok = make_tiny_bpe()
+    model = tiny(tok.vocab_size)
+    r = gguf.GGUFReader(str(export_gguf(model, tok, tmp_path / "q.gguf", dtype="q8_0")))
+    assert fields(r)["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q8_0)
+    hf = {k: v.numpy() for k, v in to_hf_state_dict(model).items()}
+    by_name = {t.name: t for t in r.tensors}
+    t = by_name["blk.0.attn_v.weight"]
+    assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0
+    back = gguf.quants.dequantize(np.asarray(t.data), gguf.GGMLQuantizationType.Q8_0).reshape(hf[
+        "model.layers.0.self_attn.v_proj.weight"].shape)
+    original = hf["model.layers.0.self_attn.v_proj.weight"]
+    blocks = np.abs(original).reshape(original.shape[0], -1, 32).max(axis=-1, keepdims=True)
+    error = np.abs(back - original).reshape(blocks.shape[0], -1, 32)
+    assert (error <= blocks / 127 + 1e-6).all()  # Q8_0: 8-bit values scaled by the block's max / 127
+    assert by_name["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32

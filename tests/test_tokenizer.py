@@ -379,3 +379,30 @@ def test_ids_outside_the_vocabulary(sp_tok):
         _one_line_error(e, f"token id {tok.vocab_size}")
         with pytest.raises(TokenizerError):
             tok.id_to_piece(-1)
+
+
+DIALOGS = [
+    [{"role": "user", "content": "Write a function that adds two numbers."}],
+    [{"role": "system", "content": "Answer in Python."}, {"role": "user", "content": "  Reverse a list.  "}],
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " def f(): pass "},
+     {"role": "user", "content": "again\n\twith a tab"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "é 中文"},
+     {"role": "assistant", "content": "ok"}, {"role": "user", "content": "1 + 2?"}],
+]
+
+
+def test_saved_chat_template_lays_dialogs_out_like_codelm(tmp_path):
+    """vLLM's and transformers' chat routes render tokenizer_config.json's template: token for token the
+    prompt `codelm chat` builds (codelm.generate.prompts.chat_tokens)."""
+    from transformers import AutoTokenizer
+
+    from codelm.generate.prompts import chat_tokens
+
+    tok = make_tiny_bpe()
+    tok.save(tmp_path)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path))
+    for messages in DIALOGS:
+        text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert hf(text, add_special_tokens=False)["input_ids"] == chat_tokens(tok, messages), messages
+    with pytest.raises(Exception, match="alternate"):
+        hf.apply_chat_template([{"role": "assistant", "content": "x"}], tokenize=False)

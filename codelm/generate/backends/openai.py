@@ -11,11 +11,23 @@ Routes:
                                   vLLM documents `suffix` as unsupported, so use this for vLLM.
                --infill llama.cpp llama-server's native POST /infill (input_prefix, input_suffix).
 
-Requests run `concurrency` at a time; connection errors, timeouts, 408, 429 and 500/502/503/504 answers
-are retried with exponential backoff (1, 2, 4, ... seconds, `retries` times), except a 5xx whose body
-says the request itself was invalid (it would fail the same way again); other answers are errors
-at once, and every error quotes what the server answered.
-Stop strings are sent to the server and also applied here, since servers differ in how they honour them.
+Every request is made greedy-exact and engine-neutral (facts measured against vLLM 0.32.0, llama-cpp-python
+0.3.36 and llama.cpp's llama-server, docs/serving.md):
+  - at most MAX_STOP_STRINGS (4, the OpenAI API's limit and vLLM's default) stop strings go to the server;
+    every stop string is applied here too, so the text equals a run that honoured them all;
+  - neutral sampling fields are sent (top_k 0, min_p 0, repeat_penalty / repetition_penalty 1,
+    frequency/presence penalties 0): llama-cpp-python's defaults (repeat_penalty 1.1, top_k 40, min_p 0.05)
+    otherwise make `temperature: 0` non-greedy. Servers ignore fields they do not know (api.openai.com,
+    which rejects them, gets none);
+  - an infilling prompt sent as token ids carries `stop_token_ids: [EOT]` (vLLM would otherwise hide EOT
+    as a special token and write on to EOS);
+  - a server that cannot infill correctly is refused in one line before the first infilling request:
+    llama-cpp-python's server (text prompts only; its `suffix` prompt puts token 0 where PRE/SUF/MID go;
+    no /infill), and `--infill suffix` on vLLM (documented as unsupported).
+Requests run `concurrency` at a time; connection errors, timeouts, 408, 429 and 502/503/504 answers are
+retried with exponential backoff (1, 2, 4, ... seconds, `retries` times). Any other answer, a 500
+included (a server's fault on this very request: retrying it gives the same answer), is an error at once
+that quotes what the server answered.
 Standard library only (urllib), so evaluating a remote model needs no extra package.
 """
 from __future__ import annotations
@@ -28,10 +40,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 from codelm.errors import CodelmError, ConfigError
 from codelm.generate.backends.base import Completion, Request
+from codelm.generate.prompts import infilling_tokens
 from codelm.generate.stops import cut_at_stop
+from codelm.tokenizer import Tokenizer
 
 INFILL_MODES = ("suffix", "tokens", "llama.cpp")
-RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+RETRY_STATUS = {408, 429, 502, 503, 504}
+MAX_STOP_STRINGS = 4
+# Sampling fields at their neutral values, so that temperature 0 is plain argmax on every engine.
+NEUTRAL_SAMPLING = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "repetition_penalty": 1.0,
+                    "frequency_penalty": 0.0, "presence_penalty": 0.0}
+LLAMA_CPP_PYTHON_REFUSAL = (
+    "llama-cpp-python's server cannot infill correctly (its completions take text prompts only, its `suffix` "
+    "prompt puts token 0 where PRE/SUF/MID go, it has no /infill): serve the GGUF with llama.cpp's "
+    "llama-server and use --infill llama.cpp")
 # Error types in a 5xx body that mean the request, not the server, is at fault (vLLM, OpenAI, llama.cpp).
 DETERMINISTIC_ERRORS = {"invalid_request_error", "BadRequestError", "invalid_request", "not_supported_error"}
 
@@ -56,12 +78,12 @@ class OpenAIBackend:
         self.concurrency, self.retries, self.backoff, self.timeout = max(1, concurrency), retries, backoff, timeout
         self.batch_size = batch_size
         if isinstance(tokenizer, (str, bytes)) or hasattr(tokenizer, "__fspath__"):
-            from codelm.tokenizer import Tokenizer
-
             tokenizer = Tokenizer.load(tokenizer)
         self.tokenizer = tokenizer
         if infill == "tokens" and tokenizer is None:
             raise ConfigError("--infill tokens builds the infilling prompt here: give the model's --tokenizer DIR")
+        self.neutral = "api.openai.com" not in self.root  # the one server that rejects unknown fields
+        self._engine: str | None = None
         self.model = model or self._first_model()
 
     def identity(self) -> dict:
@@ -91,27 +113,44 @@ class OpenAIBackend:
                 last = f"the last try failed: {getattr(e, 'reason', e)}"
         raise ServerError(f"{method} {self.root + path}: failed after {self.retries + 1} tries ({last})")
 
-    def _first_model(self) -> str:
+    def _models(self) -> list[dict]:
         models = self._request("GET", "/v1/models").get("data") or []
+        if self._engine is None:
+            self._engine = server_engine(models)
+        return models
+
+    def _first_model(self) -> str:
+        models = self._models()
         if not models:
             raise ServerError(f"{self.root}/v1/models lists no model; pass --served-model NAME")
         return models[0]["id"]
+
+    def check_infilling(self) -> None:
+        """Refuse, in one line, a server and --infill mode known to infill wrongly or not at all."""
+        if self._engine is None:
+            self._models()
+        if self._engine == "llama-cpp-python":
+            raise ConfigError(f"{self.root}: {LLAMA_CPP_PYTHON_REFUSAL}")
+        if self._engine == "vllm" and self.infill == "suffix":
+            raise ConfigError(f"{self.root}: vLLM does not support the completions `suffix` field: use "
+                              "--infill tokens --tokenizer DIR")
 
     # ------------------------------------------------------------------ one request
     def _sampling(self, r: Request) -> dict:
         body = {"model": self.model, "max_tokens": r.max_new_tokens, "temperature": r.temperature, "top_p": r.top_p}
         if r.stop:
-            body["stop"] = list(r.stop)
+            body["stop"] = list(r.stop)[:MAX_STOP_STRINGS]  # all of them are cut here
         if r.seed is not None:
             body["seed"] = r.seed
+        if self.neutral:
+            body.update(NEUTRAL_SAMPLING)
         return body
 
     def _one(self, r: Request) -> Completion:
         if r.infilling and self.infill == "llama.cpp":
-            body = {"input_prefix": r.prompt, "input_suffix": r.suffix, "n_predict": r.max_new_tokens,
-                    "temperature": r.temperature, "top_p": r.top_p, "stop": list(r.stop)}
-            if r.seed is not None:
-                body["seed"] = r.seed
+            body = {**self._sampling(r), "input_prefix": r.prompt, "input_suffix": r.suffix,
+                    "n_predict": r.max_new_tokens}
+            del body["model"], body["max_tokens"]
             out = self._request("POST", "/infill", body)
             text, hit = cut_at_stop(out.get("content", ""), r.stop)
             return Completion(text, "stop" if hit or out.get("stopped_eos") or out.get("stopped_word") else "length",
@@ -126,9 +165,8 @@ class OpenAIBackend:
             if not r.infilling:
                 body["prompt"] = r.prompt
             elif self.infill == "tokens":
-                from codelm.generate.prompts import infilling_tokens
-
                 body["prompt"] = infilling_tokens(self.tokenizer, r.prompt, r.suffix, spm=r.spm)
+                body["stop_token_ids"] = [self.tokenizer.eot_id]
             else:
                 if r.spm:
                     raise ConfigError("the completions `suffix` field has no SPM layout: use --infill tokens "
@@ -143,10 +181,28 @@ class OpenAIBackend:
         return Completion(text, reason, usage.get("completion_tokens"))
 
     def generate(self, requests: list[Request]) -> list[Completion]:
+        if any(r.infilling for r in requests):
+            self.check_infilling()
         if len(requests) == 1 or self.concurrency == 1:
             return [self._one(r) for r in requests]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
             return list(pool.map(self._one, requests))
+
+
+def server_engine(models: list[dict]) -> str | None:
+    """Which engine answered /v1/models, from its model entries: "vllm", "llama-cpp-python",
+    "llama.cpp" (llama-server), "codelm", or None for any other."""
+    owners = {m.get("owned_by") for m in models if isinstance(m, dict)}
+    if "vllm" in owners:
+        return "vllm"
+    if "llamacpp" in owners:
+        return "llama.cpp"
+    if "codelm" in owners:
+        return "codelm"
+    # llama_cpp.server answers {"id", "object": "model", "owned_by": "me", "permissions": []}
+    if owners == {"me"} and all("permissions" in m for m in models):
+        return "llama-cpp-python"
+    return None
 
 
 def _error_detail(e: urllib.error.HTTPError) -> tuple[str, str | None]:
