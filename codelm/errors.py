@@ -1,4 +1,6 @@
 """Errors a user can fix. The CLI prints these as one line, without a traceback."""
+import sys
+
 
 
 class CodelmError(Exception):
@@ -28,6 +30,4 @@ COMMAND = "codelm"
 
 def warn(message: str) -> None:
     """One warning line on stderr, prefixed with the running command."""
-    import sys
-
     print(f"{COMMAND}: warning: {message}", file=sys.stderr, flush=True)

@@ -24,6 +24,9 @@ from tqdm import tqdm
 from codelm.errors import CodelmError, ConfigError, DataError
 from codelm.files import AppendLog
 from codelm.generate.backends.base import Backend, Completion, Request, default_device  # noqa: F401
+from codelm.generate.backends.hf import HFBackend
+from codelm.generate.backends.native import NativeBackend
+from codelm.generate.backends.openai import OpenAIBackend
 from codelm.generate.stops import cut_at_stop  # noqa: F401 - the backends' stop cut
 
 BACKENDS = ("native", "hf", "openai")
@@ -157,17 +160,11 @@ def make_backend(kind: str, location: str, batch_size: int | None = None, device
     if quantize != "none" and kind != "native":
         raise ConfigError(f"--quantize {quantize} is a native-backend option, not {kind}'s")
     if kind == "native":
-        from codelm.generate.backends.native import NativeBackend
-
         return NativeBackend.from_path(location, batch_size=batch_size or 8, device=device, dtype=dtype,
                                        quantize=quantize)
     if kind == "hf":
-        from codelm.generate.backends.hf import HFBackend
-
         return HFBackend(location, batch_size=batch_size or 8, device=device, dtype=dtype)
     if kind == "openai":
-        from codelm.generate.backends.openai import OpenAIBackend
-
         return OpenAIBackend(location, batch_size=batch_size or 16, **options)
     raise ConfigError(f"unknown backend {kind!r}; valid: {', '.join(BACKENDS)}")
 

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from codelm.errors import CheckpointError, TokenizerError
 from codelm.generate.backends.base import Completion, Request, default_device
+from codelm.generate.prompts import completion_tokens, infilling_tokens
 from codelm.generate.stops import cut_at_stop
+from codelm.tokenizer import Tokenizer
 
 
 class HFBackend:
     name = "hf"
 
     def __init__(self, path, batch_size: int = 8, device: str | None = None, dtype: str | None = None):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        from codelm.tokenizer import Tokenizer
+        from transformers import AutoModelForCausalLM  # late: an optional dependency, seconds to import
 
         device, dtype = default_device(device, dtype)
 
@@ -42,15 +43,12 @@ class HFBackend:
         return {"backend": self.name, "model": str(self.path.resolve())}
 
     def _prompt_ids(self, r: Request) -> list[int]:
-        from codelm.generate.prompts import completion_tokens, infilling_tokens
-
         if r.infilling:
             return infilling_tokens(self.tokenizer, r.prompt, r.suffix, spm=r.spm)
         return completion_tokens(self.tokenizer, r.prompt)
 
     def generate(self, requests: list[Request]) -> list[Completion]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import StoppingCriteria, StoppingCriteriaList  # late: optional (see __init__)
 
         first, tok = requests[0], self.tokenizer
         prompts = [self._prompt_ids(r) for r in requests]
