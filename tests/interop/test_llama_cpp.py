@@ -71,7 +71,7 @@ def test_logits_and_greedy_tokens(probes, model_dir):
             diff = float(np.abs(theirs - ours).max())
             MEASURED.setdefault(f"llama.cpp {dtype} logits max |diff| vs codelm", 0.0)
             MEASURED[f"llama.cpp {dtype} logits max |diff| vs codelm"] = max(
-                MEASURED[f"llama.cpp {dtype} logits max |diff| vs codelm"], round(diff, 5))
+                MEASURED[f"llama.cpp {dtype} logits max |diff| vs codelm"], float(f"{diff:.3g}"))  # 3.8e-6, not 0.0
             if dtype == "float32":
                 assert diff < 1e-3, f"prompt {j}: f32 logits differ by {diff}"
             agree.setdefault(dtype, [0, 0])
