@@ -60,7 +60,10 @@ def _run(cmd: list[str], log: Path, **kw) -> None:
     with open(log, "a") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
-        rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, **kw)
+        try:
+            rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, **kw)
+        except OSError as err:  # the tool itself is missing (no cmake, no python3.11): skip, with the reason
+            raise EngineUnavailable(f"`{cmd[0]}` cannot run ({err.strerror}): install it to build this engine") from None
     if rc != 0:
         raise EngineUnavailable(f"`{' '.join(cmd[:4])} ...` exited {rc}: {_tail(log)}")
 

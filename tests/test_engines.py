@@ -19,6 +19,19 @@ def _failing_build(folder: Path, log: Path) -> None:
     engines._run(["sh", "-c", "echo 'fatal: no compiler' >&2; exit 3"], log)
 
 
+def _build_needing_a_missing_tool(folder: Path, log: Path) -> None:
+    engines._run(["codelm-no-such-compiler", "--version"], log)
+
+
+def test_a_missing_build_tool_is_a_reason_to_skip_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setitem(engines.ENGINES, "needs", engines.Engine("needs", "1.0", "needs-1.0", "bin/x",
+                                                               _build_needing_a_missing_tool))
+    with pytest.raises(engines.EngineUnavailable, match="`codelm-no-such-compiler` cannot run"):
+        engines.ensure("needs")
+    assert "cannot run" in engines.failed_reason("needs")
+
+
 def test_build_reuse_rebuild_and_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert engines.engine_root() == tmp_path / "codelm" / "engines"

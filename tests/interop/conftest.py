@@ -102,6 +102,8 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.stop()
+                if self.proc.returncode == -signal.SIGILL:  # built for CPU features this machine lacks
+                    pytest.skip(f"{self.cmd[0]} cannot run on this CPU (illegal instruction): {self._tail()}")
                 pytest.fail(f"{self.cmd[0]} exited {self.proc.returncode} before serving: {self._tail()}")
             try:
                 with urllib.request.urlopen(url + self.ready_path, timeout=5) as resp:
