@@ -106,12 +106,18 @@ def llama_cpp_python_server(ggufs, tmp_path_factory):
         yield url
 
 
-def test_llama_cpp_python_server_humaneval_verdicts(llama_cpp_python_server, model_dir, evals):
+def _humaneval_through(url: str, model_dir, evals, name: str, label: str) -> None:
+    """codelm eval --backend openai against a server: the same verdicts and completions as native."""
     native = native_eval(model_dir, "humaneval", evals)
-    out = evals / "llama-cpp-python-humaneval"
-    codelm("eval", "--benchmark", "humaneval", "--backend", "openai", "--model", llama_cpp_python_server + "/v1",
+    out = evals / f"{name}-humaneval"
+    codelm("eval", "--benchmark", "humaneval", "--backend", "openai", "--model", url + "/v1",
            "--limit", str(N_TASKS), "--out", str(out), "--force", "--concurrency", "1")
-    assert_same_verdicts(native, out, "llama-cpp-python server HumanEval first 20 (f32, f32 KV cache)")
+    assert_same_verdicts(native, out, label)
+
+
+def test_llama_cpp_python_server_humaneval_verdicts(llama_cpp_python_server, model_dir, evals):
+    _humaneval_through(llama_cpp_python_server, model_dir, evals, "llama-cpp-python",
+                       "llama-cpp-python server HumanEval first 20 (f32, f32 KV cache)")
 
 
 @pytest.mark.parametrize("mode", ["suffix", "tokens", "llama.cpp"])
@@ -139,11 +145,7 @@ def llama_server(ggufs, tmp_path_factory):
 
 
 def test_llama_server_humaneval_verdicts(llama_server, model_dir, evals):
-    native = native_eval(model_dir, "humaneval", evals)
-    out = evals / "llama-server-humaneval"
-    codelm("eval", "--benchmark", "humaneval", "--backend", "openai", "--model", llama_server + "/v1",
-           "--limit", str(N_TASKS), "--out", str(out), "--force", "--concurrency", "1")
-    assert_same_verdicts(native, out, "llama-server HumanEval first 20")
+    _humaneval_through(llama_server, model_dir, evals, "llama-server", "llama-server HumanEval first 20")
 
 
 def test_llama_server_infill_verdicts(llama_server, model_dir, evals):
