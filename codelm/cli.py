@@ -287,15 +287,15 @@ _ENGINE_FLAGS = ("dtype", "quantize", "max_batch")
 
 
 def _add_engine_flags(p, batch: bool = True) -> None:
-    """The native engine's flags, declared from codelm.generate.weights.EngineConfig (--max-batch only
+    """The native engine's flags, declared from codelm.generate.engine_config.EngineConfig (--max-batch only
     where several requests are generated)."""
-    from codelm.generate.weights import EngineConfig
+    from codelm.generate.engine_config import EngineConfig
 
     _add_config_flags(p, EngineConfig, skip=() if batch else ("max_batch",))
 
 
 def _engine(args):
-    from codelm.generate.weights import EngineConfig
+    from codelm.generate.engine_config import EngineConfig
 
     return _config_from(args, EngineConfig, **({} if hasattr(args, "max_batch") else {"max_batch": 1}))
 

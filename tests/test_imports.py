@@ -127,3 +127,17 @@ def test_no_namespace_beyond_the_command_line():
             if (rel, name) not in NAMESPACE_PENDING:
                 bad.append(f"codelm/{rel}: {name}(args)")
     assert not bad, "take typed parameters; cli.py unpacks the flags: " + ", ".join(bad)
+
+
+def test_cli_parser_and_scoring_do_not_import_torch():
+    """torch takes ~1 s to import: building the CLI's parser (every command, `--help`) and the whole
+    scoring path (`codelm score`, which never runs a model) must not pay for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from codelm.cli import build_parser; build_parser(); "
+            "import codelm.evaluate.scorers, codelm.evaluate.runner, codelm.generate.engine_config; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=PACKAGE.parent).stdout.strip()
+    assert found == "[]", found

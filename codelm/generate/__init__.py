@@ -1,45 +1,26 @@
-"""Generation: completion and infilling (PSM/SPM) with codelm's native engine."""
+"""Generation: completion and infilling (PSM/SPM) with codelm's native engine.
+
+The names below load on first use (PEP 562 `__getattr__`), not at import: the CLI declares its engine
+flags from `codelm.generate.engine_config`, and importing that submodule must not import torch (~1 s),
+or every `codelm` command, `codelm score` and `--help` included, would pay for it.
+"""
 from __future__ import annotations
 
-from codelm.generate.prompts import completion_tokens, infilling_tokens, split_fill
-from codelm.generate.engine import Engine, Row, generate
-from codelm.generate.sampler import Generation, SamplingParams
-from codelm.generate.weights import EngineConfig
+import importlib
+
+_WHERE = {
+    "complete": "api", "infill": "api", "complete_batch": "api", "infill_batch": "api",
+    "generate": "engine", "Engine": "engine", "Row": "engine",
+    "SamplingParams": "sampler", "Generation": "sampler",
+    "EngineConfig": "engine_config",
+    "completion_tokens": "prompts", "infilling_tokens": "prompts", "split_fill": "prompts",
+}
+__all__ = list(_WHERE)
 
 
-def _params(max_new_tokens, temperature, top_p, top_k, seed, stop) -> SamplingParams:
-    return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                          seed=seed, stop=tuple(stop or ()))
-
-
-def complete_batch(model, tokenizer, prompts: list[str], max_new_tokens=128, temperature=0.0, top_p=1.0, top_k=0,
-                   seed=None, stop=None, on_text=None, max_len=None, on_step=None, engine=None) -> list[Generation]:
-    """Continue each prompt until EOS, a stop string, or max_new_tokens (or, with max_len, until prompt
-    and continuation fill max_len tokens)."""
-    toks = [completion_tokens(tokenizer, p) for p in prompts]
-    return generate(model, toks, _params(max_new_tokens, temperature, top_p, top_k, seed, stop),
-                    stop_ids={tokenizer.eos_id}, decode=tokenizer.decode_infilling, on_text=on_text,
-                    max_len=max_len, on_step=on_step, engine=engine)
-
-
-def infill_batch(model, tokenizer, pairs: list[tuple[str, str]], spm=False, max_new_tokens=128, temperature=0.0,
-                 top_p=1.0, top_k=0, seed=None, stop=None, on_text=None, max_len=None, on_step=None, engine=None
-                 ) -> list[Generation]:
-    """Fill the middle of each (prefix, suffix); stops at EOT (the reference's stop token) or EOS."""
-    toks = [infilling_tokens(tokenizer, pre, suf, spm=spm) for pre, suf in pairs]
-    return generate(model, toks, _params(max_new_tokens, temperature, top_p, top_k, seed, stop),
-                    stop_ids={tokenizer.eot_id, tokenizer.eos_id}, decode=tokenizer.decode_infilling,
-                    on_text=on_text, max_len=max_len, on_step=on_step, engine=engine)
-
-
-def complete(model, tokenizer, prompt: str, **kw) -> str:
-    return complete_batch(model, tokenizer, [prompt], **kw)[0].text
-
-
-def infill(model, tokenizer, prefix: str, suffix: str, spm: bool = False, **kw) -> str:
-    return infill_batch(model, tokenizer, [(prefix, suffix)], spm=spm, **kw)[0].text
-
-
-__all__ = ["complete", "infill", "complete_batch", "infill_batch", "generate", "SamplingParams", "Generation",
-           "Engine", "EngineConfig", "Row",
-           "completion_tokens", "infilling_tokens", "split_fill"]
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'codelm.generate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"codelm.generate.{_WHERE[name]}"), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value

@@ -14,40 +14,15 @@ the model was loaded so), so only the weight reads, which bound decoding at smal
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from codelm.errors import ConfigError, TokenizerError, warn
+from codelm.generate.engine_config import EngineConfig
 from codelm.model.checkpoint import load
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-QUANTIZE = ("none", "int8")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How the native engine runs a model (flags of complete, infill, eval, serve and chat)."""
-    dtype: str = field(default="auto", metadata={
-        "help": "compute dtype: auto (float32 on a CPU, the loaded dtype on a GPU), float32, bfloat16 (CPUs "
-                "with bf16 units, else float32), float16 (GPU) (default: %(default)s)", "choices": DTYPES})
-    quantize: str = field(default="none", metadata={
-        "help": "weight format: none, or int8 (weight-only, per-channel scales; CPU) (default: %(default)s)",
-        "choices": QUANTIZE})
-    max_batch: int = field(default=8, metadata={
-        "help": "rows decoded together (KV-cache slots of continuous batching) (default: %(default)s)",
-        "kind": "positive_int"})
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.quantize not in QUANTIZE:
-            raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
-        if self.max_batch < 1:
-            raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
-
 
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
