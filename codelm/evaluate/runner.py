@@ -16,8 +16,10 @@ in a pool of sandbox workers, each verdict appended to the journal as it arrives
 from __future__ import annotations
 
 import base64
+import collections
 import concurrent.futures
 import hashlib
+import heapq
 import json
 import os
 import queue
@@ -160,19 +162,39 @@ def _run(benchmark, samples, journal, pool: SandboxPool, floor: float, progress:
             if not calibration.from_cache(task_id):
                 waiting[task_id] = []
                 start_reference(task_id)
-    # Longest processing time first, where the reference's time tells it (a stable sort: input order otherwise).
-    order = sorted(groups, key=lambda i: -calibration.cpu.get(samples[i]["key"], 0.0))
-    to_submit = iter(order)
+    # Longest processing time first, where the reference's time tells it: a task's programs wait in
+    # `queued`, and the next one comes from the ready task whose reference took longest (input order
+    # breaks ties). A task still waiting for its reference is not ready; it joins when the reference
+    # finishes, so on a cold cache the slow tasks' checks still start first, not in input order.
+    queued: dict[str, collections.deque] = {}
+    for i in groups:
+        queued.setdefault(samples[i]["key"], collections.deque()).append(i)
+    rank = {task_id: n for n, task_id in enumerate(queued)}
+    ready: list[tuple[float, int, str]] = []
+
+    def make_ready(task_id):
+        if task_id in queued:
+            heapq.heappush(ready, (-calibration.cpu.get(task_id, 0.0), rank[task_id], task_id))
+
+    for task_id in queued:
+        if task_id not in waiting:
+            make_ready(task_id)
     window = 16 * len(pool.workers)
     while True:
-        while len(in_flight) < window:
-            i = next(to_submit, None)
-            if i is None:
-                break
-            if samples[i]["key"] in waiting:
-                waiting[samples[i]["key"]].append((i, None))
-            else:
-                submit(i)
+        while len(in_flight) < window and ready:
+            task_id = ready[0][2]
+            if task_id not in queued:  # an entry left from before its reference finished
+                heapq.heappop(ready)
+                continue
+            if task_id in waiting:  # a sample timed out: the rest wait for the reference's timing too
+                heapq.heappop(ready)
+                waiting[task_id].extend((i, None) for i in queued.pop(task_id))
+                continue
+            i = queued[task_id].popleft()
+            if not queued[task_id]:
+                heapq.heappop(ready)
+                del queued[task_id]
+            submit(i)
         if not in_flight:
             break
         future = completed.get()
@@ -186,6 +208,7 @@ def _run(benchmark, samples, journal, pool: SandboxPool, floor: float, progress:
                     submit(i)
                 else:
                     lone_reruns.append(i)
+            make_ready(item)
             continue
         result, task_id = future.result(), samples[item]["key"]
         counts["sample_cpu"] += _cpu_seconds(result)
