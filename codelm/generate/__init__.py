@@ -24,3 +24,7 @@ def __getattr__(name: str):
     value = getattr(importlib.import_module(f"codelm.generate.{_WHERE[name]}"), name)
     globals()[name] = value  # the next lookup is a plain attribute
     return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
