@@ -160,7 +160,6 @@ def bench_size(name, args, device, peak) -> dict:
     out["speedup_best"] = out["codelm"]["best_tokens_per_s"] / out["transformers"]["best_tokens_per_s"]
     if args.profile:
         out["profile"] = profile(run_ours, run_theirs)
-    del ours, theirs, opt_ours, opt_theirs
     return out
 
 
