@@ -18,16 +18,26 @@ def char_decode(ids):
     return "".join(chr(97 + i % 26) * 2 for i in ids if i >= 4)
 
 
-def test_greedy_equals_argmax_step_by_step():
-    m = tiny_model()
-    prompt = [1, 5, 9, 12, 7]
-    g = generate(m, [prompt], SamplingParams(max_new_tokens=12), stop_ids=set(), decode=char_decode)[0]
+def _argmax_step_by_step(m, prompt, n):
+    """The plain path: the model's own forward pass over the whole sequence, once per new token."""
     seq = list(prompt)
     with torch.no_grad():
-        for _ in range(12):
+        for _ in range(n):
             seq.append(int(m(torch.tensor([seq]))[0, -1].argmax()))
-    assert g.tokens == seq[len(prompt):]
+    return seq[len(prompt):]
+
+
+@pytest.mark.parametrize("config", [{}, {"position_encoding": "alibi"}, {"n_kv_heads": 4}, {"n_kv_heads": 1}])
+def test_greedy_equals_argmax_step_by_step(config):
+    """The engine's decoding step (fused layout, in-place RoPE, one cache write per layer) picks the plain
+    path's tokens: alone (every row at one position) and beside rows at other positions (masked)."""
+    m = tiny_llama(VOCAB, 0, max_seq_len=128, **config)
+    prompts = [[1, 5, 9, 12, 7], [1, 6], [1, 11, 13, 17, 2, 2, 9, 30, 4]]
+    g = generate(m, prompts[:1], SamplingParams(max_new_tokens=12), stop_ids=set(), decode=char_decode)[0]
+    assert g.tokens == _argmax_step_by_step(m, prompts[0], 12)
     assert g.finish_reason == "length"
+    batch = generate(m, prompts, SamplingParams(max_new_tokens=12), stop_ids=set(), decode=char_decode)
+    assert [b.tokens for b in batch] == [_argmax_step_by_step(m, p, 12) for p in prompts]
 
 
 def test_a_batch_gives_same_tokens_as_single_rows():

@@ -81,7 +81,7 @@ class Engine:
         self.device = model.tok_embeddings.weight.device
         self.slots = self.config.max_batch
         self.cap = 0  # positions per slot, grown on demand
-        self.k = self.v = None
+        self.kv = self.k = self.v = None  # kv [layers, 2, slots, n_kv, cap, head_dim]; k, v its two halves
         self.live: list[Row] = []  # live[i] occupies slot i
         self.waiting: deque[Row] = deque()
         self.lock = threading.Lock()  # guards `waiting` (submit may come from other threads)
@@ -153,8 +153,7 @@ class Engine:
         twin = next((r for r in self.live if r.prompt == row.prompt), None)
         if twin is not None:  # the same prompt is in a live slot: its first T cache entries are this prompt's
             src = self.live.index(twin)
-            self.k[:, slot, :, :T] = self.k[:, src, :, :T]
-            self.v[:, slot, :, :T] = self.v[:, src, :, :T]
+            self.kv[:, :, slot, :, :T] = self.kv[:, :, src, :, :T]
             logits = twin.prompt_logits
         else:
             logits = self._prefill(slot, row.prompt)
@@ -210,8 +209,7 @@ class Engine:
         last = len(self.live) - 1
         if i != last:
             moved = self.live[last]
-            self.k[:, i, :, :moved.pos] = self.k[:, last, :, :moved.pos]
-            self.v[:, i, :, :moved.pos] = self.v[:, last, :, :moved.pos]
+            self.kv[:, :, i, :, :moved.pos] = self.kv[:, :, last, :, :moved.pos]
             self.live[i] = moved
         self.live.pop()
         self._done(row, reason)
@@ -229,19 +227,18 @@ class Engine:
     def _reserve(self, need: int, slots: int = 1) -> None:
         """Room for `need` positions in each of the first `slots` slots; grown by doubling, so a short
         generation never allocates (and zeroes) the cache that max_batch x the context would take."""
-        have = 0 if self.k is None else self.k.shape[1]
+        have = 0 if self.kv is None else self.kv.shape[2]
         need, slots = max(need, 1), min(self.slots, max(slots, 1))
         if need <= self.cap and slots <= have:
             return
         cap = self.cap if need <= self.cap else max(need, 2 * self.cap)
         n = have if slots <= have else min(self.slots, max(slots, 2 * have))
-        shape = (len(self.weights.layers), n, self.n_kv, cap, self.head_dim)
-        k = torch.zeros(shape, dtype=self.weights.stream_dtype, device=self.device)
-        v = torch.zeros_like(k)
-        if self.k is not None:
-            k[:, :have, :, : self.cap] = self.k
-            v[:, :have, :, : self.cap] = self.v
-        self.k, self.v, self.cap = k, v, cap
+        # Keys and values of a layer in one tensor: a decoding step writes both with one copy.
+        shape = (len(self.weights.layers), 2, n, self.n_kv, cap, self.head_dim)
+        kv = torch.zeros(shape, dtype=self.weights.stream_dtype, device=self.device)
+        if self.kv is not None:
+            kv[:, :, :have, :, : self.cap] = self.kv
+        self.kv, self.k, self.v, self.cap = kv, kv[:, 0], kv[:, 1], cap
 
     # ------------------------------------------------------------------ the forward pass
     @torch.inference_mode()
@@ -273,43 +270,59 @@ class Engine:
         return self._logits(h[0]) if every else self._logits(h[:, -1])[0]
 
     def _decode(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
-        """One token for each of the B live rows (slots 0..B-1), each at its position; logits [B, V]."""
+        """One token for each of the B live rows (slots 0..B-1), each at its position; logits [B, V].
+
+        At one token per row, op count rather than arithmetic bounds a small model's step, so the stream
+        stays [B, dim] (no sequence axis to reshape), RoPE rotates q and k in place, and each layer writes
+        its new keys and values with one copy (a slice when every row is at one position, as at batch 1)."""
         B, n = len(tokens), max(positions) + 1
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
-        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
-        cos, sin = self._rope(pos[:, None], 1)
-        keys = torch.arange(n, device=self.device)
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        same = min(positions) == n - 1  # every row at position n - 1
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        pos = None if same and not self.model.alibi else torch.tensor(positions, dtype=torch.long, device=self.device)
+        cos, sin = self._rope(None if same else pos, 1, n - 1)
+        if cos is not None:
+            cos, sin = cos.view(-1, 1, D), sin.view(-1, 1, D)
         bias = None  # additive, [B, n_kv, heads per kv head, n]
-        if self.model.alibi:
-            bias = alibi_bias(self.model.alibi_slopes, pos[:, None], keys[None]).masked_fill(
-                (keys[None] > pos[:, None])[:, None, None], float("-inf"))
-            bias = bias.view(B, self.n_kv, self.n_heads // self.n_kv, n).to(self.weights.stream_dtype)
-        elif min(positions) != n - 1:  # rows at different positions: each sees its own written entries
-            bias = torch.zeros(B, 1, 1, n, dtype=self.weights.stream_dtype, device=self.device)
-            bias.masked_fill_((keys[None] > pos[:, None])[:, None, None], float("-inf"))
-        rows = torch.arange(B, device=self.device)
+        if pos is not None:
+            keys = torch.arange(n, device=self.device)
+            masked = (keys[None] > pos[:, None])[:, None, None]
+            if self.model.alibi:
+                bias = alibi_bias(self.model.alibi_slopes, pos[:, None], keys[None]).masked_fill(masked, float("-inf"))
+                bias = bias.view(B, KV, H // KV, n).to(self.weights.stream_dtype)
+            elif not same:  # rows at different positions: each sees its own written entries
+                bias = torch.zeros(B, 1, 1, n, dtype=self.weights.stream_dtype, device=self.device)
+                bias.masked_fill_(masked, float("-inf"))
+        rows = None if same else torch.arange(B, device=self.device)
         h = self.weights.embeddings[ids]
         for li, w in enumerate(self.weights.layers):
-            q, k, v = self._qkv(w, h, cos, sin)
-            self.k[li][rows, :, pos] = k[:, :, 0]
-            self.v[li][rows, :, pos] = v[:, :, 0]
-            h = self._rest_of_layer(w, h, self._attend_one(q, self.k[li, :B, :, :n], self.v[li, :B, :, :n], bias))
-        return self._logits(h[:, -1])
+            qkv = w.wqkv(F.rms_norm(h, (h.shape[-1],), w.attention_norm, self.eps)).view(B, H + 2 * KV, D)
+            if cos is not None:
+                _rope_in_place(qkv[:, : H + KV], cos, sin)
+            new = qkv[:, H:].view(B, 2, KV, D)  # this step's keys and values
+            if same:
+                self.kv[li, :, :B, :, n - 1] = new.transpose(0, 1)
+            else:
+                self.kv[li][:, rows, :, pos] = new
+            h = h + w.wo(self._attend_one(qkv[:, :H], self.k[li, :B, :, :n], self.v[li, :B, :, :n], bias))
+            h = self._feed_forward(w, h)
+        return self._logits(h)
 
     def _attend_one(self, q, k, v, bias):
-        """Attention of one query per row, as three small ops: CPU SDPA kernels tile for long queries and
-        spend most of a decoding step on a single one. q [B, H, 1, D]; k, v [B, n_kv, n, D]; query head h
-        reads kv head h // (H / n_kv), as in grouped-query attention."""
-        B, H, _, D = q.shape
-        q = q.reshape(B, self.n_kv, H // self.n_kv, D)
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(D ** -0.5)
+        """Attention of one query per row, as batched products (CPU SDPA kernels tile for long queries and
+        spend most of a decoding step on a single one). q [B, H, D]; k, v [B, n_kv, n, D]; query head h
+        reads kv head h // (H / n_kv), as in grouped-query attention. Returns [B, H * D]."""
+        B, H, D = q.shape
+        n = k.shape[-2]
+        q = (q * D ** -0.5).reshape(B * self.n_kv, H // self.n_kv, D)
+        k, v = k.reshape(B * self.n_kv, n, D), v.reshape(B * self.n_kv, n, D)  # views: slots are contiguous
+        scores = torch.bmm(q, k.transpose(1, 2))
         if bias is not None:
-            scores += bias
-        out = torch.matmul(torch.softmax(scores, dim=-1), v)
-        return out.view(B, H, 1, D)
+            scores.view(B, self.n_kv, H // self.n_kv, n).add_(bias)
+        return torch.bmm(torch.softmax(scores, dim=-1), v).view(B, H * D)
 
-    def _rope(self, positions, T):
-        cos, sin = self.model._rope_for(positions, 0, T)
+    def _rope(self, positions, T, start=0):
+        cos, sin = self.model._rope_for(positions, start, T)
         if cos is None:
             return None, None
         dt = self.weights.stream_dtype
@@ -326,12 +339,20 @@ class Engine:
 
     def _rest_of_layer(self, w, h, attn):
         B, T = h.shape[:2]
-        h = h + w.wo(attn.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return self._feed_forward(w, h + w.wo(attn.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)))
+
+    def _feed_forward(self, w, h):
         gate, up = w.w13(F.rms_norm(h, (h.shape[-1],), w.ffn_norm, self.eps)).chunk(2, dim=-1)
         return h + w.w2(F.silu(gate).mul_(up))
 
     def _logits(self, h):
         return self.weights.output(F.rms_norm(h, (h.shape[-1],), self.weights.norm, self.eps)).float()
+
+
+def _rope_in_place(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> None:
+    """positions.apply_rope's rotation, written back into x [B, heads, D] (cos, sin [B|1, 1, D])."""
+    half = x.shape[-1] // 2
+    torch.addcmul(x * cos, torch.cat((x[..., half:], x[..., :half]), dim=-1), signed_sin, out=x)
 
 
 def _trim_tokens(tokens: list[int], text: str, decode) -> list[int]:
