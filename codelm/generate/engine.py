@@ -304,8 +304,9 @@ class Engine:
                 self.kv[li, :, :B, :, n - 1] = new.transpose(0, 1)
             else:
                 self.kv[li][:, rows, :, pos] = new
-            h = h + w.wo(self._attend_one(qkv[:, :H], self.k[li, :B, :, :n], self.v[li, :B, :, :n], bias))
-            h = self._feed_forward(w, h)
+            h = w.wo.add_to(h, self._attend_one(qkv[:, :H], self.k[li, :B, :, :n], self.v[li, :B, :, :n], bias))
+            gate, up = w.w13(F.rms_norm(h, (h.shape[-1],), w.ffn_norm, self.eps)).chunk(2, dim=-1)
+            h = w.w2.add_to(h, F.silu(gate).mul_(up))
         return self._logits(h)
 
     def _attend_one(self, q, k, v, bias):
@@ -339,9 +340,7 @@ class Engine:
 
     def _rest_of_layer(self, w, h, attn):
         B, T = h.shape[:2]
-        return self._feed_forward(w, h + w.wo(attn.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)))
-
-    def _feed_forward(self, w, h):
+        h = h + w.wo(attn.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         gate, up = w.w13(F.rms_norm(h, (h.shape[-1],), w.ffn_norm, self.eps)).chunk(2, dim=-1)
         return h + w.w2(F.silu(gate).mul_(up))
 

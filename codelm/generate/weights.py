@@ -109,6 +109,10 @@ class Linear:
             y = y.view(*x.shape[:-1], self.out_features)
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
+    def add_to(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """h + self(x), in one product where the kernel takes the addend (fp32 [in, out]: addmm); 2-D h, x."""
+        return torch.addmm(h, x, self.w) if self.transposed else h + self(x)
+
 
 @dataclass
 class LayerWeights:
