@@ -8,7 +8,7 @@ from codelm.errors import ConfigError
 from codelm.generate import weights
 from codelm.generate.backends import Request, generate_all
 from codelm.generate.backends.native import NativeBackend
-from codelm.generate.engine import Engine, Row, generate
+from codelm.generate.engine import Engine, Row, generate, prepared
 from codelm.generate.prompts import completion_tokens, infilling_tokens
 from codelm.generate.sampler import SamplingParams
 from codelm.generate.weights import EngineConfig
@@ -177,8 +177,6 @@ def test_bad_engine_settings_are_one_line_errors():
 
 
 def test_prepared_weights_follow_the_model_when_it_changes(tok):
-    from codelm.generate.engine import prepared
-
     m = tiny_llama(tok.vocab_size, seed=7)
     config = EngineConfig(quantize="int8")
     first = prepared(m, config)
@@ -187,3 +185,21 @@ def test_prepared_weights_follow_the_model_when_it_changes(tok):
         m.output.weight.mul_(2)  # trained in place, say
     again = prepared(m, config)
     assert again is not first and torch.equal(again.output.scale, first.output.scale * 2)
+
+
+def test_fp32_without_room_for_a_transposed_copy_uses_the_models_tensors(tok, monkeypatch):
+    """The [in, out] fp32 copy doubles the weights' memory; where half the available memory cannot hold
+    it the engine multiplies by the model's own tensors, with the same greedy tokens."""
+    m = tiny_llama(tok.vocab_size, seed=8)
+    prompt = completion_tokens(tok, PROMPTS[0])
+    roomy = weights.prepare(m, EngineConfig())
+    monkeypatch.setattr(weights, "available_memory_bytes", lambda: 1024)
+    tight = weights.prepare(m, EngineConfig())
+    assert roomy.output.transposed and not tight.output.transposed
+    assert tight.layers[0].wqkv.w.data_ptr() == m.layers[0].attention.wqkv.weight.data_ptr()  # no copy
+    ref = generate(m, [prompt], SamplingParams(max_new_tokens=12), {tok.eos_id}, tok.decode_infilling)[0]
+    same = tiny_llama(tok.vocab_size, seed=8)  # the same weights, prepared while memory is tight
+    got = generate(same, [prompt], SamplingParams(max_new_tokens=12), {tok.eos_id}, tok.decode_infilling,
+                   engine=EngineConfig(max_batch=2))[0]
+    assert not prepared(same, EngineConfig()).output.transposed
+    assert got.tokens == ref.tokens

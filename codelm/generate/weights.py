@@ -1,7 +1,8 @@
 """The generation engine's weights: each projection of a model prepared once as fp32, bf16 or int8.
 
   float32   on a CPU a transposed copy, [in, out] (MKL's products of one to eight rows run about
-            2x faster on it); elsewhere the model's own tensors
+            2x faster on it) when that second copy fits in half the memory the system has available;
+            otherwise, and on a GPU, the model's own tensors
   bfloat16  bf16 copies, matmuls in bf16 with fp32 accumulation; used on CPUs with bf16 units
             (avx512_bf16 or AMX); elsewhere a bf16 request falls back to float32, with a warning
   int8      weight-only int8 with one fp32 scale per output channel (symmetric, absmax / 127), through
@@ -82,7 +83,7 @@ def plan(config: EngineConfig, device: torch.device, model_dtype: torch.dtype) -
 class Linear:
     """One projection y = x W^T in the planned format; takes and returns the stream's dtype."""
 
-    def __init__(self, weight: torch.Tensor, p: Plan):
+    def __init__(self, weight: torch.Tensor, p: Plan, transpose: bool = True):
         self.act = p.act_dtype
         self.out_features = weight.shape[0]
         self.transposed = False
@@ -93,7 +94,7 @@ class Linear:
             self.q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
             self.scale = scale.to(self.act)
             self.w = None
-        elif p.act_dtype == torch.float32 and w.device.type == "cpu":
+        elif transpose and p.act_dtype == torch.float32 and w.device.type == "cpu":
             # Stored transposed, [in, out]: x @ W then streams W's rows, which MKL reads about 2x faster at
             # one to eight rows than F.linear's [out, in] (bf16's kernels are the other way round).
             self.w, self.transposed = w.float().t().contiguous(), True
@@ -141,12 +142,31 @@ def prepare(model, config: EngineConfig) -> Weights:
     p = plan(config, device, model_dtype)
     # On a CPU the stream stays fp32 whatever the weights; on a GPU it follows the compute dtype.
     stream = torch.float32 if device.type == "cpu" else p.act_dtype
-    layers = [LayerWeights(b.attention_norm.weight.detach().to(stream), Linear(b.attention.wqkv.weight, p),
-                           Linear(b.attention.wo.weight, p), b.ffn_norm.weight.detach().to(stream),
-                           Linear(b.feed_forward.w13.weight, p), Linear(b.feed_forward.w2.weight, p))
+    projections = [model.output.weight] + [w for b in model.layers for w in (
+        b.attention.wqkv.weight, b.attention.wo.weight, b.feed_forward.w13.weight, b.feed_forward.w2.weight)]
+    # The transposed fp32 copy doubles the weights' memory: a 7B model in fp32 would need 56 GB.
+    transpose = sum(w.numel() for w in projections) * 4 <= available_memory_bytes() // 2
+
+    def linear(weight):
+        return Linear(weight, p, transpose)
+
+    layers = [LayerWeights(b.attention_norm.weight.detach().to(stream), linear(b.attention.wqkv.weight),
+                           linear(b.attention.wo.weight), b.ffn_norm.weight.detach().to(stream),
+                           linear(b.feed_forward.w13.weight), linear(b.feed_forward.w2.weight))
               for b in model.layers]
     return Weights(p, model.tok_embeddings.weight.detach().to(stream), layers, model.norm.weight.detach().to(stream),
-                   Linear(model.output.weight, p), stream)
+                   linear(model.output.weight), stream)
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable of /proc/meminfo (Linux); elsewhere a size that allows the copy."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 62
 
 
 def load_for_engine(path, config: EngineConfig, device: str | None = None):
