@@ -1,0 +1,46 @@
+"""The interop models learned what the engine checks need: the base model writes code (its loss far below
+uniform, greedy outputs not one repeated token) and the instruct tune learned its dialogs (lower loss on the
+held-out answers than the base model, and answers that end)."""
+import json
+
+from conftest import CODE_PROMPTS, MEASURED
+from model import report
+
+from codelm.generate import complete_batch
+from codelm.generate.engine import generate
+from codelm.generate.prompts import chat_stop_ids, chat_tokens
+from codelm.generate.sampler import SamplingParams
+from codelm.model.checkpoint import load
+
+
+def test_base_model_is_far_below_uniform_and_not_degenerate(model_dir):
+    made = report()
+    loss, uniform = made["base"]["valid_loss"], made["uniform_loss"]
+    MEASURED["base model: steps, held-out loss (uniform)"] = f"{made['base']['steps']}, {loss:.3f} ({uniform:.3f})"
+    assert loss < 0.6 * uniform, (loss, uniform)
+    loaded = load(model_dir)
+    outs = complete_batch(loaded.model, loaded.tokenizer, CODE_PROMPTS, max_new_tokens=48)
+    distinct = [len(set(out.tokens)) for out in outs]
+    MEASURED["base model: distinct tokens per 48-token greedy completion (20 prompts)"] = \
+        f"min {min(distinct)}, median {sorted(distinct)[len(distinct) // 2]}"
+    assert sorted(distinct)[len(distinct) // 2] >= 12, distinct
+
+
+def test_instruct_model_learned_its_dialogs(instruct_dir, model_dir):
+    made = report()
+    base, tuned = made["base_answer_loss"], made["instruct_answer_loss"]
+    MEASURED["instruct tune: steps, dialogs (train/held out), held-out answer loss base -> tuned"] = \
+        f"{made['instruct']['steps']}, {made['dialogs']['train']}/{made['dialogs']['valid']}, {base:.3f} -> {tuned:.3f}"
+    assert tuned < base - 0.2, (base, tuned)
+    valid = [json.loads(line) for line in (instruct_dir.parents[1] / "dialogs" / "valid.jsonl").read_text().splitlines()]
+    params = SamplingParams(max_new_tokens=200)  # greedy
+    ended = {}
+    for name, folder in (("base", model_dir), ("tuned", instruct_dir)):
+        loaded = load(folder)
+        tok = loaded.tokenizer
+        prompts = [chat_tokens(tok, dialog["messages"][:1]) for dialog in valid[:10]]
+        answers = generate(loaded.model, prompts, params, stop_ids=chat_stop_ids(tok), decode=tok.decode)
+        ended[name] = sum(answer.finish_reason == "stop_token" for answer in answers)
+    MEASURED["greedy answers to 10 held-out dialogs that end (EOS) within 200 tokens, base / tuned"] = \
+        f"{ended['base']} / {ended['tuned']}"
+    assert ended["tuned"] >= 5, ended
