@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from engines import engine_root  # noqa: E402
 
+from codelm.data.dialogs import CONTROL_TAGS  # noqa: E402  (texts codelm refuses in a dialog)
 from codelm.data.instruct import dialog_tokens  # noqa: E402
 from codelm.demo import build_demo_corpus  # noqa: E402
 from codelm.files import write_jsonl  # noqa: E402
@@ -107,9 +108,6 @@ name = "code"
 path = "{out}/corpus"
 weight = 0.06
 """ + TRAIN.format(steps=INSTRUCT_STEPS, lr=1e-3, warmup=10, eval_every=50)
-
-CONTROL_TAGS = ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "<step>")  # texts codelm refuses in a dialog
-
 
 def docstring_dialogs(corpus_jsonl: Path, max_chars: int = 600) -> tuple[list[dict], list[dict]]:
     """(train, valid) instruct dialogs: every documented top-level function of the corpus's files of at most

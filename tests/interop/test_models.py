@@ -36,7 +36,8 @@ def test_instruct_model_learned_its_dialogs(instruct_dir, model_dir):
     MEASURED["instruct tune: steps, dialogs (train/held out), held-out answer loss base -> tuned"] = \
         f"{made['instruct']['steps']}, {made['dialogs']['train']}/{made['dialogs']['valid']}, {base:.3f} -> {tuned:.3f}"
     assert tuned < base - 0.2, (base, tuned)
-    valid = [json.loads(line) for line in (instruct_dir.parents[1] / "dialogs" / "valid.jsonl").read_text().splitlines()]
+    held_out = instruct_dir.parents[1] / "dialogs" / "valid.jsonl"
+    valid = [json.loads(line) for line in held_out.read_text().splitlines()]
     params = SamplingParams(max_new_tokens=200)  # greedy
     ended = {}
     for name, folder in (("base", model_dir), ("tuned", instruct_dir)):
