@@ -109,7 +109,6 @@ def test_alibi_attention_matches_direct_formula():
     m = _alibi_model()
     attn = m.layers[0].attention
     x = torch.randn(1, 7, 64)
-    captured = {}
     with torch.no_grad():
         h = m.layers[0].attention_norm(x)
         qkv = attn.wqkv(h).view(1, 7, 8, 16).transpose(1, 2)

@@ -442,9 +442,9 @@ def quick_recipes(pre: dict, lcft: dict) -> tuple[dict, dict]:
 
 
 def quick_settings(s: LabSettings) -> LabSettings:
-    """--quick: perplexity only. The paper's key-retrieval prompt (124 bytes) does not fit L = 32, and at
-    sizes a test can afford (L = 64 BPE tokens, 2-3 layers, 400-1,000 steps) the model learned to copy
-    the value's last digit first, never the value (0 of 48 prompts at L)."""
+    """--quick: perplexity only. The paper's key-retrieval prompt (124 bytes) does not fit L = 32 bytes; at
+    L = 64 BPE tokens the key and question leave a drill no room for filler, so prompts of L tokens ask
+    distances never trained. Retrieval at test sizes needs L = 96 and ~1,500 steps (tests/test_lab.py)."""
     s.quick, s.retrieval, s.drill_weight, s.lcft_drill_weight = True, False, 0.0, 0.0
     s.lcft_factor = 4  # 8 steps of 4 rows at 4L: each fine-tune a few seconds
     s.train_chars, s.eval_tokens = min(s.train_chars, 1_500_000), min(s.eval_tokens, 4096)
