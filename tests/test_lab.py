@@ -229,8 +229,10 @@ def test_rope_decay_bound_decays_more_slowly_with_a_larger_base():
 
 
 def test_cli_declares_the_lab():
-    args = build_parser().parse_args(["lab", "length", "--quick", "--seeds", "2", "--set", "train.max_steps=5"])
+    args = build_parser().parse_args(["lab", "length", "--quick", "--seeds", "2", "--set", "train.max_steps=5",
+                                      "--only-seed", "1"])
     assert args.experiment == "length" and args.quick and args.seeds == 2 and args.set == ["train.max_steps=5"]
+    assert args.only_seed == 1
     args = build_parser().parse_args(["lab", "longctx", "--model", "m", "--corpus", "c", "--lengths", "L,4L"])
     assert args.benchmark == "all" and args.examples == 64
 
@@ -267,6 +269,59 @@ def test_fast_lab_shows_train_short_test_long(tmp_path):
     again = lab.run_lab(s)
     assert again["methods"]["rope"]["perplexity"] == summary["methods"]["rope"]["perplexity"]
     assert {p: p.stat().st_mtime_ns for p in made} == made and {p: p.stat().st_mtime_ns for p in cached} == cached
+
+
+def test_one_process_per_seed_then_the_tables_from_the_finished_runs(tmp_path):
+    from codelm.data.corpus import stdlib_dir
+
+    def settings(**kw):
+        s = lab.quick_settings(lab.LabSettings(out=tmp_path, seeds=2, show_progress=False, methods=["rope"], threads=1,
+                                               overrides=["train.max_steps=4", "train.warmup_steps=1"], **kw))
+        s.corpus_sources = [str(stdlib_dir() / d) for d in ("json", "email", "http")]
+        s.train_chars, s.eval_tokens = 100_000, 512
+        return s
+
+    with pytest.raises(ConfigError, match="--only-seed must be between 0 and 1"):
+        lab.run_lab(settings(only_seed=2))
+    got = lab.run_lab(settings(only_seed=1))
+    assert got["only_seed"] == 1 and not (tmp_path / "results.json").exists()
+    assert (tmp_path / "runs/seed1/rope/final").is_dir() and not (tmp_path / "runs/seed0").exists()
+    made = (tmp_path / "runs/seed1/rope/final/model.safetensors").stat().st_mtime_ns
+    evaluated = (tmp_path / "evals/seed1/rope.json").read_text()
+    summary = lab.run_lab(settings())  # trains seed 0, reuses seed 1's run and evaluation
+    assert summary["seeds"] == 2 and len(summary["methods"]["rope"]["perplexity"][str(summary["L"])]["values"]) == 2
+    assert (tmp_path / "runs/seed1/rope/final/model.safetensors").stat().st_mtime_ns == made
+    assert (tmp_path / "evals/seed1/rope.json").read_text() == evaluated
+
+
+RETRIEVAL_RUN = ["data.seq_len=96", "tokenizer.vocab_size=512", "model.config.n_layers=3", "train.max_steps=1500",
+                 "train.warmup_steps=50", "train.checkpoint_every=1500"]
+
+
+@pytest.mark.slow
+def test_tiny_base_model_retrieves_at_L_far_above_chance(tmp_path):
+    from codelm.data.corpus import stdlib_dir
+
+    # A dedicated tiny run (the quick sizes' dim-64 model with 3 layers, a 512-token BPE, L = 96 tokens, 1,500
+    # steps of 1,024 tokens, half the rows drills, one thread so the run repeats exactly): about 1 minute of CPU.
+    # With this tokenizer the key and question take 60 tokens: prompts of L tokens put the key 35, 28 and 21
+    # tokens before the question (key positions 0, 0.2, 0.4), and the drills reach 32. The same run at L = 64,
+    # where a drill has no room for filler (distance 0 only) and the prompts at L ask 2-3, answered 0 of 96 at L
+    # and 31 of 32 with the key next to the question: the skill was there, the distances asked never trained
+    # (what the earlier tries at L = 64 ran into).
+    s = lab.LabSettings(out=tmp_path, seeds=1, quick=True, show_progress=False, methods=["rope"], threads=1,
+                        overrides=RETRIEVAL_RUN, retrieval_examples=32, retrieval_max_multiple=1, sweep_multiple=1,
+                        max_length_multiple=4, train_chars=400_000, eval_tokens=2048)
+    s.corpus_sources = [str(stdlib_dir() / d) for d in ("json", "email", "http", "urllib", "logging")]
+    summary = lab.run_lab(s)
+    at_L = summary["methods"]["rope"]["key_retrieval_by_length"][str(summary["L"])]
+    # Chance is 1 in 90 (a two-digit value). Seen: 52 of 96 (54%). Asked: the 95% interval's lower end at least
+    # 10x chance (11%), i.e. about 18 of 96 prompts or more; a model that guesses, or answers one fixed
+    # number, or reads from distances it was never trained on (the L = 64 run) stays near 1 of 96.
+    assert at_L["n"] == 96
+    assert at_L["lo"] >= 10 / 90, at_L
+    # Keys next to the question (the position sweep's 1.0) are the easiest: nearly always found.
+    assert summary["methods"]["rope"]["sweep"][f"{summary['L']}@1"]["mean"] >= 0.5
 
 
 def test_demo_lcft_step_fine_tunes_and_plots(tmp_path):

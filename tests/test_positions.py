@@ -8,7 +8,7 @@ from codelm.errors import ConfigError
 from codelm.model.checkpoint import load_checkpoint, save_hf
 from codelm.model.config import ModelConfig
 from codelm.model.llama import KVCache, Transformer
-from codelm.model.positions import alibi_slopes, rope_inv_freq
+from codelm.model.positions import alibi_columns, alibi_slopes, rope_inv_freq
 
 transformers = pytest.importorskip("transformers")
 
@@ -109,7 +109,6 @@ def test_alibi_attention_matches_direct_formula():
     m = _alibi_model()
     attn = m.layers[0].attention
     x = torch.randn(1, 7, 64)
-    captured = {}
     with torch.no_grad():
         h = m.layers[0].attention_norm(x)
         qkv = attn.wqkv(h).view(1, 7, 8, 16).transpose(1, 2)
@@ -122,7 +121,43 @@ def test_alibi_attention_matches_direct_formula():
         expect = attn.wo((scores.softmax(-1) @ v).transpose(1, 2).reshape(1, 7, 64))
         mask = m._alibi_mask(None, None, 1, 0, 7, x.device)
         got = attn(h, None, None, mask, None)
+        fast = attn(h, None, None, None, None, alibi_columns(m.alibi_slopes, torch.arange(7)[None], 16))
     assert (got - expect).abs().max().item() <= 1e-5
+    assert (fast - expect).abs().max().item() <= 1e-5
+
+
+def _float_mask_path(m):
+    """The same model forced through the explicit float mask (the path decoding and bf16 take)."""
+    m._full_precision = lambda device: False
+    return m
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2])
+def test_alibi_without_a_float_mask_equals_the_float_mask(n_kv_heads):
+    # The lab's lengths (up to 2,048 tokens, where slope x distance reaches 1,024 on the steepest head):
+    # logits, padded rows, a cached prefix and the gradients agree with the explicit-mask path to rounding.
+    torch.manual_seed(0)
+    cfg = ModelConfig(**dict(BASE, n_kv_heads=n_kv_heads, max_seq_len=128), position_encoding="alibi")
+    m = Transformer(cfg).eval()
+    ref = _float_mask_path(Transformer(cfg).eval())
+    ref.load_state_dict(m.state_dict())
+    x = torch.randint(0, 200, (2, 2048))
+    with torch.no_grad():
+        fast, slow = m(x), ref(x)
+        assert (fast - slow).abs().max().item() <= 2e-4 * slow.abs().max().item()
+        mask = torch.ones(2, 300, dtype=torch.long)
+        mask[1, :37] = 0
+        assert (m(x[:, :300], attention_mask=mask) - ref(x[:, :300], attention_mask=mask)).abs().max().item() <= 1e-4
+        caches = [KVCache(cfg, 2, 400) for _ in range(2)]
+        for model, cache in zip((m, ref), caches):
+            model(x[:, :200], cache=cache)
+        a, b = m(x[:, 200:400], cache=caches[0]), ref(x[:, 200:400], cache=caches[1])
+        assert (a - b).abs().max().item() <= 1e-4
+    for model in (m, ref):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[:, :256]).flatten(0, 1), x[:, 1:257].flatten()).backward()
+    for (name, p), q in zip(m.named_parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-3, atol=1e-6), name
 
 
 def test_alibi_cache_padding_and_generation():

@@ -21,6 +21,9 @@ class LabLengthConfig:
     force: bool = flag(False, "replace --out even when it exists and codelm did not write it (never an input)")
     quick: bool = flag(False, "tiny sizes, one seed: a first look in a few minutes")
     seeds: int | None = flag(None, "seeds (default 3; 1 with --quick)", "positive_int")
+    only_seed: int | None = flag(None, "train and evaluate this seed only (0 .. seeds-1), e.g. one process per seed "
+                                       "once the first has printed 2/4; then the same command without it writes "
+                                       "the tables from the finished runs", "seed")
     seq_len: int | None = flag(None, "the training length L (default: the recipe's)", "positive_int")
     lcft_factor: int | None = flag(None, "fine-tune at this multiple of L (default 4, as in the paper's Table 18)",
                                    "positive_int")

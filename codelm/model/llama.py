@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from codelm.model.config import ModelConfig
-from codelm.model.positions import alibi_bias, alibi_slopes, apply_rope, rope_cos_sin, rope_inv_freq, scaling_type
+from codelm.model.positions import alibi_bias, alibi_columns, alibi_slopes, apply_rope, rope_cos_sin, rope_inv_freq, scaling_type
 
 
 class RMSNorm(nn.Module):
@@ -60,7 +60,8 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(config.dim, self.q_size + 2 * self.kv_size, bias=False)
         self.wo = nn.Linear(self.q_size, config.dim, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None):
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, alibi=None):
+        """alibi: (q column, k column) of positions.alibi_columns, ALiBi without a float mask."""
         B, T, _ = x.shape
         qkv = self.wqkv(x).view(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_dim).transpose(1, 2)
         # Rotate q and k in one go: they are adjacent heads of the fused projection.
@@ -76,11 +77,21 @@ class Attention(nn.Module):
             k = cache.k[self.layer_id, :, :, :end]
             v = cache.v[self.layer_id, :, :, :end]
         gqa = self.n_kv_heads != self.n_heads
+        scale = None
+        if alibi is not None:
+            # One more dimension carries the bias; v gets a zero column so that q, k and v keep one head
+            # size (CPU's fused kernel needs it; the math fallback would be slower than the float mask).
+            q = torch.cat([q, alibi[0].to(q.dtype).expand(B, -1, T, 1)], dim=-1)
+            k = torch.cat([k, alibi[1].to(k.dtype).expand(B, k.shape[1], -1, 1)], dim=-1)
+            v = F.pad(v, (0, 1))
+            scale = self.head_dim ** -0.5
         if mask is None:
             # No padding and no cached prefix: plain causal attention (fast path).
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa, scale=scale)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa, scale=scale)
+        if alibi is not None:
+            out = out[..., : self.head_dim]
         return self.wo(out.transpose(1, 2).reshape(B, T, self.q_size))
 
 
@@ -106,8 +117,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x, cos, sin, mask, cache):
-        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
+    def forward(self, x, cos, sin, mask, cache, alibi=None):
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, alibi)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -201,24 +212,40 @@ class Transformer(nn.Module):
             # A multi-token step after a cached prefix: causal with an offset.
             mask = _padding_causal_mask(torch.ones(B, start + T, dtype=torch.bool, device=input_ids.device), start, T)
         cos, sin = self._rope_for(position_ids, start, T)
+        alibi = None
         if self.alibi:
-            mask = self._alibi_mask(attention_mask, mask, B, start, T, input_ids.device)
+            if T > 1 and self._full_precision(input_ids.device):
+                # Many queries (training, a prefill, a perplexity window): the bias as one more q/k dimension,
+                # so attention stays causal (or boolean-masked) and no [H, T, S] float mask is built.
+                alibi = alibi_columns(self.alibi_slopes, self._key_positions(attention_mask, start + T,
+                                                                             input_ids.device), self.config.head_dim)
+            else:  # one query per row (decoding), or half precision where the column would round badly
+                mask = self._alibi_mask(attention_mask, mask, B, start, T, input_ids.device)
         h = self.tok_embeddings(input_ids)
         for layer in self.layers:
-            h = layer(h, cos, sin, mask, cache)
+            h = layer(h, cos, sin, mask, cache, alibi)
         if cache is not None:
             cache.pos = start + T
         if last_only:
             h = h[:, -1:]
         return self.output(self.norm(h)).float()
 
+    def _full_precision(self, device) -> bool:
+        """Attention runs in float32 or float64 (no bf16/fp16 weights, no autocast)."""
+        return (self.tok_embeddings.weight.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled(device.type))
+
+    @staticmethod
+    def _key_positions(attention_mask, total: int, device) -> torch.Tensor:
+        """[B|1, total] positions of the keys: counted from each row's first real token under left padding."""
+        if attention_mask is not None:
+            return (attention_mask[:, :total].long().cumsum(-1) - 1).clamp(min=0)
+        return torch.arange(total, device=device)[None]
+
     def _alibi_mask(self, attention_mask, bool_mask, B, start, T, device):
         """Float mask [B|1, H, T, start+T]: ALiBi's distance bias, −inf where attention is not allowed."""
         total = start + T
-        if attention_mask is not None:
-            k_pos = (attention_mask[:, :total].long().cumsum(-1) - 1).clamp(min=0)
-        else:
-            k_pos = torch.arange(total, device=device)[None]
+        k_pos = self._key_positions(attention_mask, total, device)
         if bool_mask is None:
             bool_mask = _padding_causal_mask(torch.ones(1, total, dtype=torch.bool, device=device), start, T)
         bias = alibi_bias(self.alibi_slopes, k_pos[:, start:], k_pos)

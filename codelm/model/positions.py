@@ -130,3 +130,15 @@ def alibi_bias(slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -
     q_pos [B|1, T], k_pos [B|1, S] are positions (so left padding shifts nothing)."""
     dist = (q_pos[:, :, None] - k_pos[:, None, :]).clamp(min=0).float()
     return -slopes[None, :, None, None] * dist[:, None]
+
+
+def alibi_columns(slopes: torch.Tensor, k_pos: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ALiBi as one more dimension of q and k, so that causal attention needs no float mask.
+
+    Softmax ignores what is constant along a query's row, and −slope_h · (q − k) is −slope_h · q (constant)
+    plus slope_h · k: so q gets the column slope_h · √head_dim [1, H, 1, 1] and k the column k − k_last
+    [B|1, 1, S, 1] (positions counted back from the last key, so that the keys near the end, those the
+    last queries weigh most, keep small values), and attention runs at scale 1/√head_dim. In float32 the
+    scores then differ from the explicit bias by rounding only (about 1e-7 of slope · distance)."""
+    k_col = (k_pos - k_pos[:, -1:]).float()[:, None, :, None]
+    return slopes[None, :, None, None] * head_dim ** 0.5, k_col
