@@ -26,16 +26,22 @@ from codelm.errors import ConfigError, TokenizerError, warn
 from codelm.generate.engine_config import EngineConfig
 from codelm.model.checkpoint import load
 
+
+def _proc_field(path: str, name: str) -> str | None:
+    """The value of the first `name: value` line of a Linux /proc file; None where there is none."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(name):
+                return line.split(":", 1)[1]
+    except OSError:
+        pass
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((_proc_field("/proc/cpuinfo", "flags") or "").split())
 
 
 def has_bf16_units() -> bool:
@@ -160,13 +166,8 @@ def prepare(model, config: EngineConfig) -> Weights:
 
 def available_memory_bytes() -> int:
     """MemAvailable of /proc/meminfo (Linux); elsewhere a size that allows the copy."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 1 << 62
+    value = (_proc_field("/proc/meminfo", "MemAvailable:") or "").split()  # "<n> kB"
+    return int(value[0]) * 1024 if value and value[0].isdigit() else 1 << 62
 
 
 def load_for_engine(path, config: EngineConfig, device: str | None = None):
