@@ -253,7 +253,7 @@ def main() -> int:
                 steps.append([("evalplus-cold", evalplus_run), ("evalplus-warm", evalplus_run),
                               ("codelm-cold", codelm_run), ("codelm-warm", codelm_run)])
             for pair in steps:
-                half = len(pair) // 2 if len(pair) == 4 else 1
+                half = len(pair) // 2  # each tool's runs stay together, in their order (cold before warm)
                 order = pair if r % 2 == 0 else pair[half:] + pair[:half]
                 for name, run in order:
                     runs[name].append(run())

@@ -30,7 +30,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
@@ -41,6 +40,7 @@ from codelm.data.instruct import dialog_tokens  # noqa: E402
 from codelm.demo import build_demo_corpus  # noqa: E402
 from codelm.files import write_jsonl  # noqa: E402
 from codelm.model.checkpoint import load  # noqa: E402
+from codelm.train.loss import cross_entropy_sum  # noqa: E402
 
 BASE_STEPS = 400
 INSTRUCT_STEPS = 100
@@ -109,6 +109,7 @@ path = "{out}/corpus"
 weight = 0.06
 """ + TRAIN.format(steps=INSTRUCT_STEPS, lr=1e-3, warmup=10, eval_every=50)
 
+
 def docstring_dialogs(corpus_jsonl: Path, max_chars: int = 600) -> tuple[list[dict], list[dict]]:
     """(train, valid) instruct dialogs: every documented top-level function of the corpus's files of at most
     `max_chars` characters, asked for by its signature and the first paragraph of its docstring."""
@@ -148,9 +149,9 @@ def answer_loss(model_dir: Path, dialogs: list[dict]) -> float:
             ids, mask = dialog_tokens(loaded.tokenizer, dialog["messages"])
             ids, mask = ids[:256], mask[:256]
             logits = loaded.model(torch.tensor([ids[:-1]]))[0]
-            losses = F.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
-            keep = torch.tensor(mask[1:], dtype=torch.bool)
-            total, count = total + float(losses[keep].sum()), count + int(keep.sum())
+            keep = torch.tensor(mask[1:], dtype=torch.float32)  # the answer tokens: the loss training weighs
+            total += float(cross_entropy_sum(logits, torch.tensor(ids[1:]), keep))
+            count += int(keep.sum())
     return total / max(count, 1)
 
 
