@@ -1,0 +1,166 @@
+"""The engine's C decoding step (decode_step.c): compiled on this machine at first use, called through ctypes.
+
+At one to sixteen rows a decoding step of a small model is bounded by how fast its weights stream and
+by the ~25 torch ops a layer costs in dispatch; one C function per step does the whole forward pass
+(fp32 or int8 weights, fp32 everything else) with loops the compiler vectorizes for this CPU.
+
+The library is built with `$CC` (default `cc`) as `-O3 -march=native -fopenmp-simd` (AVX-512 where the
+CPU has it, AVX2 or scalar code elsewhere; if the compiler refuses -march=native, without it) into
+`<cache_root>/kernels/`, named by a hash of the source, the flags, the compiler's version and the CPU's
+flags, so a changed source, compiler or machine builds anew and a copy is never shared by two CPUs it
+was not built for. Written to a temporary file and renamed, so concurrent processes never load half a
+library. When there is no compiler or the build fails, decoding runs on the torch path, with one
+warning line naming what is missing.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from codelm.errors import warn
+from codelm.files import cache_root
+from codelm.generate.weights import Linear, Weights, cpu_flags
+
+SOURCE = Path(__file__).with_name("decode_step.c")
+FLAGS = ("-O3", "-fopenmp-simd", "-shared", "-fPIC")
+MAX_ROWS = 16  # beyond this a step is compute-bound and MKL's products (the torch path) do better
+
+
+class _Model(ctypes.Structure):
+    """decode_step.c's `Model`, field for field."""
+    _fields_ = [(name, ctypes.c_int64) for name in
+                ("dim", "hidden", "n_layers", "n_heads", "n_kv", "head_dim", "vocab", "int8")] + [
+        ("eps", ctypes.c_double), ("emb", ctypes.c_void_p), ("norm", ctypes.c_void_p), ("out_w", ctypes.c_void_p),
+        ("out_s", ctypes.c_void_p), ("layers", ctypes.POINTER(ctypes.c_void_p))]
+
+
+def _compiler_version(cc: str) -> str | None:
+    try:
+        done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _build(cc: str, flags: tuple[str, ...], target: Path) -> str | None:
+    """Compile SOURCE into target (atomically); None on success, else the compiler's first error line."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode != 0:
+            lines = [ln for ln in done.stderr.splitlines() if "error" in ln] or done.stderr.splitlines() or ["?"]
+            return lines[0].strip()
+        os.replace(tmp, target)
+        return None
+    except (OSError, subprocess.SubprocessError) as e:
+        return str(e)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.lru_cache(maxsize=None)
+def _library(cc: str) -> ctypes.CDLL | None:
+    """The compiled library for compiler `cc` (built when not in the cache); None, with one warning, when
+    it cannot be built or loaded."""
+    version = _compiler_version(cc) if shutil.which(cc) else None
+    if version is None:
+        warn(f"no working C compiler ({cc}; set CC): decoding runs on the torch path")
+        return None
+    errors = []
+    for flags in (("-march=native", *FLAGS), FLAGS):
+        key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(flags), platform.machine(),
+                                        " ".join(sorted(cpu_flags()))]).encode()).hexdigest()[:16]
+        target = cache_root() / "kernels" / f"decode_step-{key}.so"
+        error = None if target.exists() else _build(cc, flags, target)
+        if error is None:
+            try:
+                lib = ctypes.CDLL(str(target))
+            except OSError as e:
+                errors.append(str(e))
+                continue
+            lib.codelm_decode.restype = None
+            lib.codelm_decode.argtypes = [ctypes.POINTER(_Model), ctypes.c_int64] + [ctypes.c_void_p] * 6 + [
+                ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+            lib.codelm_scratch_floats.restype = ctypes.c_int64
+            lib.codelm_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int64, ctypes.c_int64]
+            return lib
+        errors.append(error)
+    warn(f"compiling {SOURCE.name} with {cc} failed ({errors[-1]}): decoding runs on the torch path")
+    return None
+
+
+def library() -> ctypes.CDLL | None:
+    return _library(os.environ.get("CC") or "cc")
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class DecodeKernel:
+    """The C decoding step bound to one model's prepared weights (fp32 or int8 on a CPU)."""
+
+    def __init__(self, lib: ctypes.CDLL, model, weights: Weights):
+        c = model.config
+        self.lib = lib
+        self.int8 = weights.plan.weights == "int8"
+        keep = []  # every tensor whose memory the C side reads: alive as long as this object
+
+        def proj(lin: Linear):
+            w, s = lin.rows()
+            keep.extend([w, s])
+            return _ptr(w), _ptr(s)
+
+        ptrs = []
+        for lw in weights.layers:
+            keep.extend([lw.attention_norm, lw.ffn_norm])
+            ptrs += [_ptr(lw.attention_norm), *proj(lw.wqkv), *proj(lw.wo), _ptr(lw.ffn_norm), *proj(lw.w13),
+                     *proj(lw.w2)]
+        self.layer_ptrs = (ctypes.c_void_p * len(ptrs))(*ptrs)
+        out_w, out_s = proj(weights.output)
+        keep.extend([weights.embeddings, weights.norm])
+        self.model = _Model(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size,
+                            int(self.int8), c.norm_eps, _ptr(weights.embeddings), _ptr(weights.norm), out_w, out_s,
+                            ctypes.cast(self.layer_ptrs, ctypes.POINTER(ctypes.c_void_p)))
+        self.keep, self.vocab = keep, c.vocab_size
+        self.scratch = torch.empty(0)
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor | None,
+                 sin: torch.Tensor | None, alibi: torch.Tensor | None, kv: torch.Tensor) -> torch.Tensor:
+        """Logits [B, V] for tokens [B] at positions [B] (int64); cos/sin [B, head_dim] fp32 rows (or None
+        and ALiBi's slopes [n_heads]); kv the engine's cache, whose slot b belongs to row b."""
+        B = tokens.shape[0]
+        if not (B <= kv.shape[2] and kv.is_contiguous() and kv.dtype == torch.float32 and tokens.dtype == torch.int64
+                and positions.dtype == torch.int64 and int(positions.max()) < kv.shape[4]):
+            raise ValueError("decode kernel: tokens, positions or cache do not fit the kernel's layout")
+        need = self.lib.codelm_scratch_floats(ctypes.byref(self.model), B, kv.shape[4])
+        if self.scratch.numel() < need:
+            self.scratch = torch.empty(need, dtype=torch.float32)
+        logits = torch.empty(B, self.vocab, dtype=torch.float32)
+        self.lib.codelm_decode(ctypes.byref(self.model), B, _ptr(tokens), _ptr(positions), _ptr(cos), _ptr(sin),
+                               _ptr(alibi), _ptr(kv), kv.shape[2], kv.shape[4], _ptr(self.scratch), _ptr(logits))
+        return logits
+
+
+def for_engine(model, weights: Weights, choice: str) -> DecodeKernel | None:
+    """The C step for this model and weight format, or None where the torch path runs: `choice` "torch",
+    weights not fp32/int8 on a CPU, or no compiler (warned once)."""
+    if choice == "torch" or weights.embeddings.device.type != "cpu" or weights.stream_dtype != torch.float32:
+        return None
+    if weights.plan.weights not in ("float32", "int8"):
+        return None
+    lib = library()
+    return None if lib is None else DecodeKernel(lib, model, weights)
