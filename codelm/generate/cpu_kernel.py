@@ -94,7 +94,7 @@ def _library(cc: str) -> ctypes.CDLL | None:
             lib.codelm_decode.restype = None
             lib.codelm_decode.argtypes = [ctypes.POINTER(_Model), ctypes.c_int64] + [ctypes.c_void_p] * 6 + [
                 ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
-            lib.codelm_scratch_floats.restype = ctypes.c_int64
+            lib.codelm_scratch_floats.restype = lib.codelm_tile_width.restype = ctypes.c_int64
             lib.codelm_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int64, ctypes.c_int64]
             return lib
         errors.append(error)
@@ -110,6 +110,13 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _pack(w: torch.Tensor, tile: int) -> torch.Tensor:
+    """[out, in] as decode_step.c reads it: tiles of `tile` output rows, each [in, tile] (zero rows pad the last)."""
+    out, n_in = w.shape
+    w = torch.cat([w, w.new_zeros((-out) % tile, n_in)]) if out % tile else w
+    return w.view(-1, tile, n_in).transpose(1, 2).contiguous()
+
+
 class DecodeKernel:
     """The C decoding step bound to one model's prepared weights (fp32 or int8 on a CPU)."""
 
@@ -117,25 +124,26 @@ class DecodeKernel:
         c = model.config
         self.lib = lib
         self.int8 = weights.plan.weights == "int8"
-        keep = []  # every tensor whose memory the C side reads: alive as long as this object
+        tile = lib.codelm_tile_width()
+        if tile not in weights.packed:  # packed once per prepared weights (an engine is made per request)
+            keep = [weights.embeddings, weights.norm]  # every tensor the C side reads: alive while these weights are
 
-        def proj(lin: Linear):
-            w, s = lin.rows()
-            keep.extend([w, s])
-            return _ptr(w), _ptr(s)
+            def proj(lin: Linear):
+                w, s = lin.rows()
+                keep.extend([_pack(w, tile), s])
+                return _ptr(keep[-2]), _ptr(s)
 
-        ptrs = []
-        for lw in weights.layers:
-            keep.extend([lw.attention_norm, lw.ffn_norm])
-            ptrs += [_ptr(lw.attention_norm), *proj(lw.wqkv), *proj(lw.wo), _ptr(lw.ffn_norm), *proj(lw.w13),
-                     *proj(lw.w2)]
-        self.layer_ptrs = (ctypes.c_void_p * len(ptrs))(*ptrs)
-        out_w, out_s = proj(weights.output)
-        keep.extend([weights.embeddings, weights.norm])
+            ptrs = []
+            for lw in weights.layers:
+                keep.extend([lw.attention_norm, lw.ffn_norm])
+                ptrs += [_ptr(lw.attention_norm), *proj(lw.wqkv), *proj(lw.wo), _ptr(lw.ffn_norm), *proj(lw.w13),
+                         *proj(lw.w2)]
+            weights.packed[tile] = (proj(weights.output), (ctypes.c_void_p * len(ptrs))(*ptrs), keep)
+        (out_w, out_s), self.layer_ptrs, _ = weights.packed[tile]
         self.model = _Model(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size,
                             int(self.int8), c.norm_eps, _ptr(weights.embeddings), _ptr(weights.norm), out_w, out_s,
                             ctypes.cast(self.layer_ptrs, ctypes.POINTER(ctypes.c_void_p)))
-        self.keep, self.vocab = keep, c.vocab_size
+        self.weights, self.vocab = weights, c.vocab_size
         self.scratch = torch.empty(0)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor | None,

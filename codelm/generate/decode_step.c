@@ -10,11 +10,10 @@
    kv head h / (H / n_kv)), wo + residual, RMSNorm, the fused gate/up projection, SwiGLU, w2 + residual;
    the final norm and the output projection to fp32 logits.
 
-   Weights are row-major [out, in], either fp32 or int8 with one fp32 scale per output row (the
-   engine's per-channel int8). A product reads each weight row once per step for all B rows: a block
-   of four weight rows stays in L1 while every row's activations pass over it. The reductions are
-   `omp simd` loops: the compiler may reorder the sums of one dot product (and only those), so results
-   match the torch path to float rounding, not bit for bit. No -ffast-math. One thread. */
+   Weights are fp32, or int8 with one fp32 scale per output row (the engine's per-channel int8), packed
+   by the caller in tiles of codelm_tile_width() output rows (see matvec). A product reads each weight
+   once per step for all B rows. Sums run in another order than torch's, so results match the torch
+   path to float rounding, not bit for bit. No -ffast-math. One thread. */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -22,11 +21,11 @@
 
 typedef struct {
     int64_t dim, hidden, n_layers, n_heads, n_kv, head_dim, vocab;
-    int64_t int8;       /* 1: projections are int8 [out, in] with fp32 scales; 0: fp32 [out, in] */
+    int64_t int8;       /* 1: projections are int8 with fp32 scales; 0: fp32 (both packed, see matvec) */
     double eps;         /* RMSNorm's epsilon */
     const float *emb;   /* [vocab, dim] */
     const float *norm;  /* final RMSNorm weight [dim] */
-    const void *out_w;  /* [vocab, dim] */
+    const void *out_w;  /* [vocab, dim], packed */
     const float *out_s; /* [vocab] (int8) */
     /* per layer, LAYER_PTRS pointers: attention norm, wqkv, its scales, wo, its scales, ffn norm, w13,
        its scales, w2, its scales (scales NULL for fp32) */
@@ -37,74 +36,106 @@ typedef struct {
 
 /* --------------------------------------------------------------------------- products */
 
-/* y[b * out + o] = (add ? y : 0) + scale[o] * sum_i W[o, i] x[b, i], for o < out and b < B.
-   Per block of four weight rows: rows of x four at a time (one weight load feeds four sums), then the
-   rest one at a time against all four weight rows (four independent sums). */
-#define DEFINE_MATVEC(NAME, T)                                                                          \
-static void NAME(const T *W, const float *scale, int64_t out, int64_t in, const float *x, int64_t B,   \
-                 float *y, int add)                                                                     \
+/* Vectors of VW floats: AVX-512, AVX2 + FMA, or plain floats (VW 1) where neither was compiled in. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define VW 16
+typedef __m512 vf;
+#define VZERO() _mm512_setzero_ps()
+#define VSET1(x) _mm512_set1_ps(x)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VSTORE(p, v) _mm512_storeu_ps(p, v)
+#define VLOAD_F32(p) _mm512_loadu_ps(p)
+#define VLOAD_I8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define VW 8
+typedef __m256 vf;
+#define VZERO() _mm256_setzero_ps()
+#define VSET1(x) _mm256_set1_ps(x)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VSTORE(p, v) _mm256_storeu_ps(p, v)
+#define VLOAD_F32(p) _mm256_loadu_ps(p)
+#define VLOAD_I8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#else
+#define VW 1
+typedef float vf;
+#define VZERO() 0.f
+#define VSET1(x) (x)
+#define VFMA(a, b, c) ((a) * (b) + (c))
+#define VSTORE(p, v) (*(p) = (v))
+#define VLOAD_F32(p) (*(p))
+#define VLOAD_I8(p) ((float)*(p))
+#endif
+
+/* Weights are packed in tiles of TW output rows: tile t is [in][TW], so a product streams memory in
+   order and keeps TW outputs per row of x in registers, NV vectors each (no horizontal sums). */
+#define NV 4
+#define TW (NV * VW)
+#define RB 4 /* rows of x per pass over a tile: RB x NV accumulators */
+
+int64_t codelm_tile_width(void) { return TW; }
+
+/* acc[r][0..TW) = sum_i x[r * in + i] * tile[i][0..TW) for r < R: one tile, R rows. */
+#define DEFINE_TILE(NAME, T, LOAD)                                                                      \
+static inline void NAME(const T *tile, int64_t in, const float *x, float acc_out[RB][TW], const int R) \
 {                                                                                                       \
-    int64_t o = 0;                                                                                      \
-    for (; o + 4 <= out; o += 4) {                                                                      \
-        const T *w[4] = {W + o * in, W + (o + 1) * in, W + (o + 2) * in, W + (o + 3) * in};             \
-        int64_t b = 0;                                                                                  \
-        for (; b + 4 <= B; b += 4) {                                                                    \
-            const float *x0 = x + b * in, *x1 = x0 + in, *x2 = x1 + in, *x3 = x2 + in;                  \
-            for (int k = 0; k < 4; k++) {                                                               \
-                const T *wk = w[k];                                                                     \
-                float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;                                           \
-                _Pragma("omp simd reduction(+:a0,a1,a2,a3)")                                            \
-                for (int64_t i = 0; i < in; i++) {                                                      \
-                    float wi = (float)wk[i];                                                            \
-                    a0 += wi * x0[i]; a1 += wi * x1[i]; a2 += wi * x2[i]; a3 += wi * x3[i];             \
-                }                                                                                       \
-                float s = scale ? scale[o + k] : 1.f, acc[4] = {a0, a1, a2, a3};                        \
-                for (int r = 0; r < 4; r++) {                                                           \
-                    float *dst = y + (b + r) * out + o + k;                                             \
-                    *dst = add ? *dst + acc[r] * s : acc[r] * s;                                        \
-                }                                                                                       \
-            }                                                                                           \
-        }                                                                                               \
-        for (; b < B; b++) {                                                                            \
-            const float *xb = x + b * in;                                                               \
-            const T *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];                                     \
-            float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;                                               \
-            _Pragma("omp simd reduction(+:a0,a1,a2,a3)")                                                \
-            for (int64_t i = 0; i < in; i++) {                                                          \
-                float xi = xb[i];                                                                       \
-                a0 += (float)w0[i] * xi; a1 += (float)w1[i] * xi;                                       \
-                a2 += (float)w2[i] * xi; a3 += (float)w3[i] * xi;                                       \
-            }                                                                                           \
-            float acc[4] = {a0, a1, a2, a3};                                                            \
-            for (int k = 0; k < 4; k++) {                                                               \
-                float s = scale ? scale[o + k] : 1.f, *dst = y + b * out + o + k;                       \
-                *dst = add ? *dst + acc[k] * s : acc[k] * s;                                            \
-            }                                                                                           \
+    vf acc[RB][NV];                                                                                     \
+    for (int r = 0; r < RB; r++)                                                                        \
+        for (int v = 0; v < NV; v++) acc[r][v] = VZERO();                                               \
+    for (int64_t i = 0; i < in; i++) {                                                                  \
+        const T *w = tile + i * TW;                                                                     \
+        vf w0 = LOAD(w), w1 = LOAD(w + VW), w2 = LOAD(w + 2 * VW), w3 = LOAD(w + 3 * VW);               \
+        for (int r = 0; r < R; r++) {                                                                   \
+            vf xr = VSET1(x[r * in + i]);                                                               \
+            acc[r][0] = VFMA(w0, xr, acc[r][0]); acc[r][1] = VFMA(w1, xr, acc[r][1]);                   \
+            acc[r][2] = VFMA(w2, xr, acc[r][2]); acc[r][3] = VFMA(w3, xr, acc[r][3]);                   \
         }                                                                                               \
     }                                                                                                   \
-    for (; o < out; o++) {                                                                              \
-        const T *wo = W + o * in;                                                                       \
-        for (int64_t b = 0; b < B; b++) {                                                               \
-            const float *xb = x + b * in;                                                               \
-            float a = 0.f;                                                                              \
-            _Pragma("omp simd reduction(+:a)")                                                          \
-            for (int64_t i = 0; i < in; i++) a += (float)wo[i] * xb[i];                                 \
-            float s = scale ? scale[o] : 1.f, *dst = y + b * out + o;                                   \
-            *dst = add ? *dst + a * s : a * s;                                                          \
-        }                                                                                               \
-    }                                                                                                   \
+    for (int r = 0; r < R; r++)                                                                         \
+        for (int v = 0; v < NV; v++) VSTORE(acc_out[r] + v * VW, acc[r][v]);                            \
 }
 
-DEFINE_MATVEC(matvec_f32, float)
-DEFINE_MATVEC(matvec_i8, int8_t)
+DEFINE_TILE(tile_f32, float, VLOAD_F32)
+DEFINE_TILE(tile_i8, int8_t, VLOAD_I8)
 
+/* y[b * out + o] = (add ? y : 0) + scale[o] * sum_i W[o, i] x[b, i], for o < out and b < B; W packed
+   as above (int8 with per-row scales, or fp32 with scale NULL). */
 static void matvec(const Model *m, const void *W, const float *scale, int64_t out, int64_t in,
                    const float *x, int64_t B, float *y, int add)
 {
-    if (m->int8)
-        matvec_i8((const int8_t *)W, scale, out, in, x, B, y, add);
-    else
-        matvec_f32((const float *)W, NULL, out, in, x, B, y, add);
+    float acc[RB][TW];
+    for (int64_t o0 = 0; o0 < out; o0 += TW) {
+        int64_t n = out - o0 < TW ? out - o0 : TW;
+        for (int64_t b = 0; b < B; b += RB) {
+            const int R = B - b < RB ? (int)(B - b) : RB;
+            /* a constant R lets the compiler unroll the row loop and keep acc in registers */
+            if (m->int8) {
+                const int8_t *t = (const int8_t *)W + o0 * in;
+                switch (R) {
+                case 1: tile_i8(t, in, x + b * in, acc, 1); break;
+                case 2: tile_i8(t, in, x + b * in, acc, 2); break;
+                case 3: tile_i8(t, in, x + b * in, acc, 3); break;
+                default: tile_i8(t, in, x + b * in, acc, 4); break;
+                }
+            } else {
+                const float *t = (const float *)W + o0 * in;
+                switch (R) {
+                case 1: tile_f32(t, in, x + b * in, acc, 1); break;
+                case 2: tile_f32(t, in, x + b * in, acc, 2); break;
+                case 3: tile_f32(t, in, x + b * in, acc, 3); break;
+                default: tile_f32(t, in, x + b * in, acc, 4); break;
+                }
+            }
+            for (int r = 0; r < R; r++) {
+                float *dst = y + (b + r) * out + o0;
+                for (int64_t j = 0; j < n; j++) {
+                    float v = scale ? acc[r][j] * scale[o0 + j] : acc[r][j];
+                    dst[j] = add ? dst[j] + v : v;
+                }
+            }
+        }
+    }
 }
 
 /* --------------------------------------------------------------------------- the pieces of a layer */

@@ -16,7 +16,7 @@ the model was loaded so), so only the weight reads, which bound decoding at smal
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -151,6 +151,7 @@ class Weights:
     norm: torch.Tensor
     output: Linear
     stream_dtype: torch.dtype  # the residual stream's dtype (and the KV cache's)
+    packed: dict = field(default_factory=dict, repr=False)  # other layouts of these weights, made once (cpu_kernel)
 
 
 def prepare(model, config: EngineConfig) -> Weights:
