@@ -32,6 +32,9 @@ from codelm.generate.weights import Linear, Weights, cpu_flags
 
 SOURCE = Path(__file__).with_name("decode_step.c")
 FLAGS = ("-O3", "-fopenmp-simd", "-shared", "-fPIC")
+# Tried in turn: OpenMP threads where the compiler has them, then one thread; this CPU's vector units,
+# then the compiler's default target.
+VARIANTS = (("-march=native", "-fopenmp"), ("-march=native",), ())
 MAX_ROWS = 16  # beyond this a step is compute-bound and MKL's products (the torch path) do better
 
 
@@ -39,7 +42,7 @@ class _Model(ctypes.Structure):
     """decode_step.c's `Model`, field for field."""
     _fields_ = [(name, ctypes.c_int64) for name in
                 ("dim", "hidden", "n_layers", "n_heads", "n_kv", "head_dim", "vocab", "int8")] + [
-        ("eps", ctypes.c_double), ("emb", ctypes.c_void_p), ("norm", ctypes.c_void_p), ("out_w", ctypes.c_void_p),
+        ("eps", ctypes.c_double), ("threads", ctypes.c_int64), ("emb", ctypes.c_void_p), ("norm", ctypes.c_void_p), ("out_w", ctypes.c_void_p),
         ("out_s", ctypes.c_void_p), ("layers", ctypes.POINTER(ctypes.c_void_p))]
 
 
@@ -80,7 +83,8 @@ def _library(cc: str) -> ctypes.CDLL | None:
         warn(f"no working C compiler ({cc}; set CC): decoding runs on the torch path")
         return None
     errors = []
-    for flags in (("-march=native", *FLAGS), FLAGS):
+    for variant in VARIANTS:
+        flags = (*variant, *FLAGS)
         key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(flags), platform.machine(),
                                         " ".join(sorted(cpu_flags()))]).encode()).hexdigest()[:16]
         target = cache_root() / "kernels" / f"decode_step-{key}.so"
@@ -95,6 +99,7 @@ def _library(cc: str) -> ctypes.CDLL | None:
             lib.codelm_decode.argtypes = [ctypes.POINTER(_Model), ctypes.c_int64] + [ctypes.c_void_p] * 6 + [
                 ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
             lib.codelm_scratch_floats.restype = lib.codelm_tile_width.restype = ctypes.c_int64
+            lib.codelm_openmp.restype = ctypes.c_int64
             lib.codelm_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int64, ctypes.c_int64]
             return lib
         errors.append(error)
@@ -141,7 +146,7 @@ class DecodeKernel:
             weights.packed[tile] = (proj(weights.output), (ctypes.c_void_p * len(ptrs))(*ptrs), keep)
         (out_w, out_s), self.layer_ptrs, _ = weights.packed[tile]
         self.model = _Model(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size,
-                            int(self.int8), c.norm_eps, _ptr(weights.embeddings), _ptr(weights.norm), out_w, out_s,
+                            int(self.int8), c.norm_eps, 1, _ptr(weights.embeddings), _ptr(weights.norm), out_w, out_s,
                             ctypes.cast(self.layer_ptrs, ctypes.POINTER(ctypes.c_void_p)))
         self.weights, self.vocab = weights, c.vocab_size
         self.scratch = torch.empty(0)
@@ -151,6 +156,7 @@ class DecodeKernel:
         """Logits [B, V] for tokens [B] at positions [B] (int64); cos/sin [B, head_dim] fp32 rows (or None
         and ALiBi's slopes [n_heads]); kv the engine's cache, whose slot b belongs to row b."""
         B = tokens.shape[0]
+        self.model.threads = torch.get_num_threads()  # as many as torch's products would use
         if not (B <= kv.shape[2] and kv.is_contiguous() and kv.dtype == torch.float32 and tokens.dtype == torch.int64
                 and positions.dtype == torch.int64 and int(positions.max()) < kv.shape[4]):
             raise ValueError("decode kernel: tokens, positions or cache do not fit the kernel's layout")

@@ -23,6 +23,7 @@ typedef struct {
     int64_t dim, hidden, n_layers, n_heads, n_kv, head_dim, vocab;
     int64_t int8;       /* 1: projections are int8 with fp32 scales; 0: fp32 (both packed, see matvec) */
     double eps;         /* RMSNorm's epsilon */
+    int64_t threads;    /* OpenMP threads for products and attention (where built with -fopenmp) */
     const float *emb;   /* [vocab, dim] */
     const float *norm;  /* final RMSNorm weight [dim] */
     const void *out_w;  /* [vocab, dim], packed */
@@ -33,6 +34,27 @@ typedef struct {
 } Model;
 
 #define LAYER_PTRS 10
+
+/* Built with -fopenmp: products split their output tiles, attention its (row, head) pairs, over
+   m->threads threads, where the work is large enough (PARALLEL_WORK multiply-adds) to pay for waking
+   them and waiting at the end; one thread runs no parallel region. Built without it: one thread. */
+#define PARALLEL_WORK (1 << 20)
+#define PRAGMA(x) _Pragma(#x)
+#ifdef _OPENMP
+#define PARALLEL_FOR(threads, work) \
+    PRAGMA(omp parallel for schedule(static) num_threads(threads) if(threads > 1 && (work) >= PARALLEL_WORK))
+#else
+#define PARALLEL_FOR(threads, work)
+#endif
+
+int64_t codelm_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 /* --------------------------------------------------------------------------- products */
 
@@ -104,9 +126,11 @@ DEFINE_TILE(tile_i8, int8_t, VLOAD_I8)
 static void matvec(const Model *m, const void *W, const float *scale, int64_t out, int64_t in,
                    const float *x, int64_t B, float *y, int add)
 {
-    float acc[RB][TW];
-    for (int64_t o0 = 0; o0 < out; o0 += TW) {
-        int64_t n = out - o0 < TW ? out - o0 : TW;
+    const int64_t tiles = (out + TW - 1) / TW, threads = m->threads;
+    PARALLEL_FOR(threads, out * in * B)
+    for (int64_t t = 0; t < tiles; t++) {
+        float acc[RB][TW];
+        int64_t o0 = t * TW, n = out - o0 < TW ? out - o0 : TW;
         for (int64_t b = 0; b < B; b += RB) {
             const int R = B - b < RB ? (int)(B - b) : RB;
             /* a constant R lets the compiler unroll the row loop and keep acc in registers */
@@ -196,7 +220,7 @@ static void attend(float *out, const float *q, const float *K, const float *V, i
 int64_t codelm_scratch_floats(const Model *m, int64_t B, int64_t cap)
 {
     int64_t qkv = (m->n_heads + 2 * m->n_kv) * m->head_dim;
-    return B * (2 * m->dim + qkv + m->n_heads * m->head_dim + 3 * m->hidden) + cap;
+    return B * (2 * m->dim + qkv + m->n_heads * m->head_dim + 3 * m->hidden + m->n_heads * cap);
 }
 
 /* Logits [B, vocab] of one new token per row. Row b sits in cache slot b at position pos[b] (its
@@ -209,7 +233,7 @@ void codelm_decode(const Model *m, int64_t B, const int64_t *tokens, const int64
     const int64_t dim = m->dim, H = m->n_heads, KV = m->n_kv, D = m->head_dim, F = m->hidden;
     const int64_t nqkv = (H + 2 * KV) * D, group = H / KV;
     float *h = scratch, *xb = h + B * dim, *qkv = xb + B * dim, *att = qkv + B * nqkv;
-    float *hb = att + B * H * D, *act = hb + B * 2 * F, *scores = act + B * F;
+    float *hb = att + B * H * D, *act = hb + B * 2 * F, *scores = act + B * F; /* [B * H][cap] */
 
     for (int64_t b = 0; b < B; b++)
         memcpy(h + b * dim, m->emb + tokens[b] * dim, (size_t)dim * sizeof(float));
@@ -229,11 +253,12 @@ void codelm_decode(const Model *m, int64_t B, const int64_t *tokens, const int64
                 memcpy(Kl + at, r + (H + g) * D, (size_t)D * sizeof(float));
                 memcpy(Vl + at, r + (H + KV + g) * D, (size_t)D * sizeof(float));
             }
-            for (int64_t hd = 0; hd < H; hd++) {
-                int64_t base = (b * KV + hd / group) * cap * D;
-                attend(att + (b * H + hd) * D, r + hd * D, Kl + base, Vl + base, pos[b] + 1, D,
-                       alibi ? alibi[hd] : 0.f, pos[b], scores);
-            }
+        }
+        PARALLEL_FOR(m->threads, B * H * (pos[0] + 1) * D * 2)
+        for (int64_t bh = 0; bh < B * H; bh++) {
+            int64_t b = bh / H, hd = bh % H, base = (b * KV + hd / group) * cap * D;
+            attend(att + bh * D, qkv + b * nqkv + hd * D, Kl + base, Vl + base, pos[b] + 1, D,
+                   alibi ? alibi[hd] : 0.f, pos[b], scores + bh * cap);
         }
         matvec(m, p[3], p[4], dim, H * D, att, B, h, 1);
 
