@@ -111,6 +111,16 @@ def library() -> ctypes.CDLL | None:
     return _library(os.environ.get("CC") or "cc")
 
 
+def describe() -> str:
+    """Which build of the C step this machine runs (or why none), in words."""
+    lib = library()
+    if lib is None:
+        return "not built (the torch path runs)"
+    bits = lib.codelm_tile_width() * 8  # a tile is four vectors of 4-byte floats
+    isa = {512: "AVX-512", 256: "AVX2"}.get(bits, "scalar")
+    return f"{isa} ({bits}-bit vectors), " + ("OpenMP threads" if lib.codelm_openmp() else "one thread")
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
