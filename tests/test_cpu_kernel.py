@@ -126,3 +126,11 @@ def test_without_a_compiler_the_torch_path_runs_and_says_so_once(tmp_path, monke
         finally:
             cpu_kernel._library.cache_clear()
     assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-built left behind
+
+
+def test_no_room_for_the_packed_copy_keeps_the_torch_path(monkeypatch):
+    m = _model("mha", seed=5)
+    monkeypatch.setattr(cpu_kernel, "available_memory_bytes", lambda: 1024)
+    assert Engine(m, EngineConfig()).kernel is None
+    monkeypatch.undo()
+    assert Engine(m, EngineConfig()).kernel is not None

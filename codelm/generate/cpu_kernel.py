@@ -28,7 +28,7 @@ import torch
 
 from codelm.errors import warn
 from codelm.files import cache_root
-from codelm.generate.weights import Linear, Weights, cpu_flags
+from codelm.generate.weights import Linear, Weights, available_memory_bytes, cpu_flags
 
 SOURCE = Path(__file__).with_name("decode_step.c")
 FLAGS = ("-O3", "-fopenmp-simd", "-shared", "-fPIC")
@@ -181,10 +181,16 @@ class DecodeKernel:
 
 def for_engine(model, weights: Weights, choice: str) -> DecodeKernel | None:
     """The C step for this model and weight format, or None where the torch path runs: `choice` "torch",
-    weights not fp32/int8 on a CPU, or no compiler (warned once)."""
+    weights not fp32/int8 on a CPU, no room for the packed copy in half the available memory (as for
+    weights.py's transposed copy), or no compiler (warned once)."""
     if choice == "torch" or weights.embeddings.device.type != "cpu" or weights.stream_dtype != torch.float32:
         return None
     if weights.plan.weights not in ("float32", "int8"):
         return None
+    if not weights.packed:
+        lins = [weights.output] + [x for lw in weights.layers for x in (lw.wqkv, lw.wo, lw.w13, lw.w2)]
+        size = sum(w.numel() * w.element_size() for w in (lin.rows()[0] for lin in lins))
+        if size > available_memory_bytes() // 2:
+            return None
     lib = library()
     return None if lib is None else DecodeKernel(lib, model, weights)
