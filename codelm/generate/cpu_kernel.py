@@ -19,6 +19,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -46,21 +47,24 @@ class _Model(ctypes.Structure):
         ("out_s", ctypes.c_void_p), ("layers", ctypes.POINTER(ctypes.c_void_p))]
 
 
-def _compiler_version(cc: str) -> str | None:
+def _compiler_version(cc: list[str]) -> str | None:
+    if not cc or shutil.which(cc[0]) is None:
+        return None
     try:
-        done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
+        done = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout if done.returncode == 0 else None
 
 
-def _build(cc: str, flags: tuple[str, ...], target: Path) -> str | None:
+def _build(cc: list[str], flags: tuple[str, ...], target: Path) -> str | None:
     """Compile SOURCE into target (atomically); None on success, else the compiler's first error line."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = None
     try:
-        done = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        done = subprocess.run([*cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
                               timeout=300)
         if done.returncode != 0:
             lines = [ln for ln in done.stderr.splitlines() if "error" in ln] or done.stderr.splitlines() or ["?"]
@@ -70,7 +74,7 @@ def _build(cc: str, flags: tuple[str, ...], target: Path) -> str | None:
     except (OSError, subprocess.SubprocessError) as e:
         return str(e)
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -78,7 +82,7 @@ def _build(cc: str, flags: tuple[str, ...], target: Path) -> str | None:
 def _library(cc: str) -> ctypes.CDLL | None:
     """The compiled library for compiler `cc` (built when not in the cache); None, with one warning, when
     it cannot be built or loaded."""
-    version = _compiler_version(cc) if shutil.which(cc) else None
+    version = _compiler_version(shlex.split(cc))
     if version is None:
         warn(f"no working C compiler ({cc}; set CC): decoding runs on the torch path")
         return None
@@ -88,7 +92,7 @@ def _library(cc: str) -> ctypes.CDLL | None:
         key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(flags), platform.machine(),
                                         " ".join(sorted(cpu_flags()))]).encode()).hexdigest()[:16]
         target = cache_root() / "kernels" / f"decode_step-{key}.so"
-        error = None if target.exists() else _build(cc, flags, target)
+        error = None if target.exists() else _build(shlex.split(cc), flags, target)
         if error is None:
             try:
                 lib = ctypes.CDLL(str(target))
@@ -108,6 +112,7 @@ def _library(cc: str) -> ctypes.CDLL | None:
 
 
 def library() -> ctypes.CDLL | None:
+    """The C step's library for $CC (a command line, e.g. "ccache gcc"; default cc), or None."""
     return _library(os.environ.get("CC") or "cc")
 
 
