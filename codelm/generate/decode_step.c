@@ -1,8 +1,9 @@
 /* One decoding step of the Llama network for B rows, in plain C: codelm's CPU fast path.
 
    codelm/generate/cpu_kernel.py compiles this file on the user's machine at first use (cc -O3
-   -march=native -fopenmp-simd: AVX-512 where the CPU has it, AVX2 or plain scalar code elsewhere, from
-   the same loops) and calls codelm_decode() from the engine's decoding step. It does, for B rows, each
+   -march=native -fopenmp: AVX-512 intrinsics where the CPU has AVX-512F, AVX2 + FMA ones where it has
+   those, plain C elsewhere, chosen below by the compiler's own macros) and calls codelm_decode() from
+   the engine's decoding step. It does, for B rows, each
    at its own position in its own KV-cache slot, what codelm/generate/engine.py's torch path does: the
    embedding row; per layer RMSNorm, the fused q/k/v projection, RoPE on q and k (rotate-half layout,
    cos and signed-sin rows given by the caller) or ALiBi's distance bias, the new key and value written
@@ -13,7 +14,8 @@
    Weights are fp32, or int8 with one fp32 scale per output row (the engine's per-channel int8), packed
    by the caller in tiles of codelm_tile_width() output rows (see matvec). A product reads each weight
    once per step for all B rows. Sums run in another order than torch's, so results match the torch
-   path to float rounding, not bit for bit. No -ffast-math. One thread. */
+   path to float rounding, not bit for bit; each row's sums run in one order whatever rows share its
+   step. No -ffast-math. */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
