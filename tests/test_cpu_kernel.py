@@ -1,11 +1,14 @@
 """The C decoding step (codelm/generate/decode_step.c): the same logits as the engine's torch path for
 MHA, GQA, MQA and ALiBi, fp32 and int8, rows at different positions; built once into the cache; without a
 compiler the torch path runs, with one warning."""
+import platform
+
 import pytest
 import torch
 from helpers import tiny_llama
 
 from codelm.generate import cpu_kernel
+from codelm.generate.weights import cpu_flags
 from codelm.generate.engine import Engine
 from codelm.generate.weights import EngineConfig
 
@@ -134,3 +137,22 @@ def test_no_room_for_the_packed_copy_keeps_the_torch_path(monkeypatch):
     assert Engine(m, EngineConfig()).kernel is None
     monkeypatch.undo()
     assert Engine(m, EngineConfig()).kernel is not None
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or "avx2" not in cpu_flags(),
+                    reason="builds the x86 AVX2 and plain-C variants of the step")
+@pytest.mark.parametrize("flags, tile", [(("-mno-avx512f",), 32), (("-mno-avx512f", "-mno-avx2", "-mno-fma"), 4)])
+def test_the_avx2_and_plain_c_builds_compute_the_same(flags, tile, tmp_path, monkeypatch):
+    """What an AVX2-only CPU, or one with neither AVX2 nor AVX-512, compiles from the same source."""
+    monkeypatch.setenv("CODELM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_kernel, "VARIANTS", (("-march=native", *flags),))
+    cpu_kernel._library.cache_clear()
+    try:
+        assert cpu_kernel.library().codelm_tile_width() == tile
+        m = _model("gqa", seed=6)
+        for quantize in ("none", "int8"):
+            got = _step_logits(m, EngineConfig(quantize=quantize, max_batch=5), 5)
+            ref = _step_logits(m, EngineConfig(quantize=quantize, max_batch=5, kernel="torch"), 5)
+            assert float((got - ref).abs().max() / ref.abs().max()) < (1e-4 if quantize == "none" else 0.02)
+    finally:
+        cpu_kernel._library.cache_clear()
