@@ -156,3 +156,21 @@ def test_the_avx2_and_plain_c_builds_compute_the_same(flags, tile, tmp_path, mon
             assert float((got - ref).abs().max() / ref.abs().max()) < (1e-4 if quantize == "none" else 0.02)
     finally:
         cpu_kernel._library.cache_clear()
+
+
+def test_the_threaded_step_computes_the_same(monkeypatch):
+    """Every product and attention split over two OpenMP threads (where the build has them): same logits."""
+    if not cpu_kernel.library().codelm_openmp():
+        pytest.skip("this compiler built the step without OpenMP")
+    m = _model("gqa", seed=7)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        single = _step_logits(m, EngineConfig(max_batch=5), 5)
+        kernel = Engine(m, EngineConfig(max_batch=5)).kernel
+        assert kernel.model.parallel_work == cpu_kernel.PARALLEL_WORK
+        monkeypatch.setattr(cpu_kernel, "PARALLEL_WORK", 0)  # split even the smallest loop
+        threaded = _step_logits(m, EngineConfig(max_batch=5), 5)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(threaded, single)  # each output's sum runs in one thread, in one order

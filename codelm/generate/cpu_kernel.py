@@ -37,14 +37,16 @@ FLAGS = ("-O3", "-fopenmp-simd", "-shared", "-fPIC")
 # then the compiler's default target.
 VARIANTS = (("-march=native", "-fopenmp"), ("-march=native",), ())
 MAX_ROWS = 16  # beyond this a step is compute-bound and MKL's products (the torch path) do better
+PARALLEL_WORK = 1 << 20  # multiply-adds from which a product or attention is split over threads
 
 
 class _Model(ctypes.Structure):
     """decode_step.c's `Model`, field for field."""
     _fields_ = [(name, ctypes.c_int64) for name in
                 ("dim", "hidden", "n_layers", "n_heads", "n_kv", "head_dim", "vocab", "int8")] + [
-        ("eps", ctypes.c_double), ("threads", ctypes.c_int64), ("emb", ctypes.c_void_p), ("norm", ctypes.c_void_p), ("out_w", ctypes.c_void_p),
-        ("out_s", ctypes.c_void_p), ("layers", ctypes.POINTER(ctypes.c_void_p))]
+        ("eps", ctypes.c_double), ("threads", ctypes.c_int64), ("parallel_work", ctypes.c_int64)] + [
+        (name, ctypes.c_void_p) for name in ("emb", "norm", "out_w", "out_s")] + [
+        ("layers", ctypes.POINTER(ctypes.c_void_p))]
 
 
 def _compiler_version(cc: list[str]) -> str | None:
@@ -161,8 +163,8 @@ class DecodeKernel:
             weights.packed[tile] = (proj(weights.output), (ctypes.c_void_p * len(ptrs))(*ptrs), keep)
         (out_w, out_s), self.layer_ptrs, _ = weights.packed[tile]
         self.model = _Model(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size,
-                            int(self.int8), c.norm_eps, 1, _ptr(weights.embeddings), _ptr(weights.norm), out_w, out_s,
-                            ctypes.cast(self.layer_ptrs, ctypes.POINTER(ctypes.c_void_p)))
+                            int(self.int8), c.norm_eps, 1, PARALLEL_WORK, _ptr(weights.embeddings),
+                            _ptr(weights.norm), out_w, out_s, ctypes.cast(self.layer_ptrs, ctypes.POINTER(ctypes.c_void_p)))
         self.weights, self.vocab = weights, c.vocab_size
         self.scratch = torch.empty(0)
 

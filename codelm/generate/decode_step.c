@@ -26,6 +26,7 @@ typedef struct {
     int64_t int8;       /* 1: projections are int8 with fp32 scales; 0: fp32 (both packed, see matvec) */
     double eps;         /* RMSNorm's epsilon */
     int64_t threads;    /* OpenMP threads for products and attention (where built with -fopenmp) */
+    int64_t parallel_work; /* multiply-adds from which a loop is split over them */
     const float *emb;   /* [vocab, dim] */
     const float *norm;  /* final RMSNorm weight [dim] */
     const void *out_w;  /* [vocab, dim], packed */
@@ -38,15 +39,14 @@ typedef struct {
 #define LAYER_PTRS 10
 
 /* Built with -fopenmp: products split their output tiles, attention its (row, head) pairs, over
-   m->threads threads, where the work is large enough (PARALLEL_WORK multiply-adds) to pay for waking
+   m->threads threads, where the work is large enough (m->parallel_work multiply-adds) to pay for waking
    them and waiting at the end; one thread runs no parallel region. Built without it: one thread. */
-#define PARALLEL_WORK (1 << 20)
 #define PRAGMA(x) _Pragma(#x)
 #ifdef _OPENMP
-#define PARALLEL_FOR(threads, work) \
-    PRAGMA(omp parallel for schedule(static) num_threads(threads) if(threads > 1 && (work) >= PARALLEL_WORK))
+#define PARALLEL_FOR(m, work) \
+    PRAGMA(omp parallel for schedule(static) num_threads(m->threads) if(m->threads > 1 && (work) >= m->parallel_work))
 #else
-#define PARALLEL_FOR(threads, work)
+#define PARALLEL_FOR(m, work)
 #endif
 
 int64_t codelm_openmp(void)
@@ -128,8 +128,8 @@ DEFINE_TILE(tile_i8, int8_t, VLOAD_I8)
 static void matvec(const Model *m, const void *W, const float *scale, int64_t out, int64_t in,
                    const float *x, int64_t B, float *y, int add)
 {
-    const int64_t tiles = (out + TW - 1) / TW, threads = m->threads;
-    PARALLEL_FOR(threads, out * in * B)
+    const int64_t tiles = (out + TW - 1) / TW;
+    PARALLEL_FOR(m, out * in * B)
     for (int64_t t = 0; t < tiles; t++) {
         float acc[RB][TW];
         int64_t o0 = t * TW, n = out - o0 < TW ? out - o0 : TW;
@@ -256,7 +256,7 @@ void codelm_decode(const Model *m, int64_t B, const int64_t *tokens, const int64
                 memcpy(Vl + at, r + (H + KV + g) * D, (size_t)D * sizeof(float));
             }
         }
-        PARALLEL_FOR(m->threads, B * H * (pos[0] + 1) * D * 2)
+        PARALLEL_FOR(m, B * H * (pos[0] + 1) * D * 2)
         for (int64_t bh = 0; bh < B * H; bh++) {
             int64_t b = bh / H, hd = bh % H, base = (b * KV + hd / group) * cap * D;
             attend(att + bh * D, qkv + b * nqkv + hd * D, Kl + base, Vl + base, pos[b] + 1, D,
