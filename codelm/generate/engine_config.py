@@ -28,7 +28,7 @@ class EngineConfig:
         "kind": "positive_int"})
     kernel: str = field(default="auto", metadata={
         "help": "decoding step on a CPU: auto (C code compiled for this CPU at first use, for fp32 and int8 "
-                "weights at up to 16 rows; torch where it cannot run), or torch (default: %(default)s)",
+                "weights at up to 64 rows; torch where it cannot run), or torch (default: %(default)s)",
         "choices": KERNELS})
 
     def __post_init__(self):
