@@ -15,6 +15,8 @@ there instead of being prefilled again.
 
 The forward pass here runs the model's weights as `weights.prepare` laid them out (fp32, bf16 or int8,
 fused q/k/v and gate/up projections, fused RMSNorm): the model file stays the plain reference network.
+On a CPU a decoding step of fp32 or int8 weights is one call of the C step (cpu_kernel.py), compiled
+for this machine at first use; prefill, bf16, GPUs and the fallback run the torch code below.
 """
 from __future__ import annotations
 
