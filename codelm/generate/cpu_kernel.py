@@ -39,7 +39,11 @@ VARIANTS = (("-march=native", "-fopenmp"), ("-march=native",), ())
 # Rows decoded by the C step at most; more take the torch path. Measured at one thread (15M and 110M
 # shapes): the C step's products still ran 1.3-1.9x faster than MKL's at 32 and 64 rows.
 MAX_ROWS = 64
-PARALLEL_WORK = 1 << 20  # multiply-adds from which a product or attention is split over threads
+# Multiply-adds from which a product or attention is split over torch's thread count: only 7B-class
+# products (4096 x 4096 and up). Smaller steps stay on one thread: split at 1M, a dim-256 model's
+# eval (20 rows, 2 threads, sandbox workers beside it) generated 1.7x slower on this shared 2-core
+# machine, each of a step's ~20 parallel regions waiting for a thread the OS had not scheduled.
+PARALLEL_WORK = 1 << 25
 
 
 class _Model(ctypes.Structure):
