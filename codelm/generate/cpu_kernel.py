@@ -143,7 +143,7 @@ def _pack(w: torch.Tensor, tile: int) -> torch.Tensor:
     """[out, in] as decode_step.c reads it: tiles of `tile` output rows, each [in, tile] (zero rows pad the last)."""
     out, n_in = w.shape
     w = torch.cat([w, w.new_zeros((-out) % tile, n_in)]) if out % tile else w
-    return w.view(-1, tile, n_in).transpose(1, 2).contiguous()
+    return w.reshape(-1, tile, n_in).transpose(1, 2).contiguous()  # the one copy (two where the last tile is padded)
 
 
 class DecodeKernel:

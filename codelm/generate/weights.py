@@ -94,30 +94,28 @@ class Linear:
         self.out_features = weight.shape[0]
         self.transposed = False
         w = weight.detach()
-        self._rows = None  # [out, in] as the C decoding step reads it (cpu_kernel.py)
         if p.weights == "int8":
             w = w.float()
             scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
             self.q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
             self.scale = scale.to(self.act)
             self.w = None
-            if w.device.type == "cpu":
-                self._rows = (self.q, scale.contiguous())
+            self.scale_f32 = scale  # the C decoding step's scales (cpu_kernel.py)
         elif transpose and p.act_dtype == torch.float32 and w.device.type == "cpu":
             # Stored transposed, [in, out]: x @ W then streams W's rows, which MKL reads about 2x faster at
             # one to eight rows than F.linear's [out, in] (bf16's kernels are the other way round).
             self.w, self.transposed = w.float().t().contiguous(), True
-            self._rows = (w.float().contiguous(), None)  # the model's own tensor when it is fp32 already
         else:
             self.w = w.to(p.act_dtype).contiguous()
-            if self.w.dtype == torch.float32 and w.device.type == "cpu":
-                self._rows = (self.w, None)
 
     def rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(weight [out, in], per-row fp32 scales or None): fp32 or int8 on a CPU, as decode_step.c reads them."""
-        if self._rows is None:
-            raise ValueError("the C decoding step takes fp32 or int8 weights on a CPU")
-        return self._rows
+        """(weight [out, in], per-row fp32 scales or None) of fp32 or int8 weights, as decode_step.c takes
+        them (cpu_kernel.py packs them); the transposed fp32 copy gives a view, not another copy."""
+        if self.w is None:
+            return self.q, self.scale_f32
+        if self.w.dtype != torch.float32:
+            raise ValueError("the C decoding step takes fp32 or int8 weights")
+        return (self.w.t() if self.transposed else self.w), None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         xa = x if x.dtype == self.act else x.to(self.act)  # (a no-op .to still costs a dispatch per call)
