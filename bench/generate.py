@@ -2,10 +2,12 @@
 transformers' generate, and llama.cpp (llama-cpp-python on codelm's own GGUF export of the same weights).
 
 Greedy, 64-token prompt, 128 new tokens, batch 1 and 8 (llama.cpp: batch 1; its Python API decodes one
-sequence); prefill tokens/s on --prefill-len tokens. Shapes: llama2.c's 15M (dim 288, 6 layers, 6 heads)
+sequence); prefill tokens/s on --prefill-len tokens. codelm fp32 and int8 decode with the C step
+(codelm/generate/decode_step.c); "fp32 torch" and "int8 torch" are the same formats on the torch path
+(EngineConfig(kernel="torch")), bf16 runs on the torch path only. Shapes: llama2.c's 15M (dim 288, 6 layers, 6 heads)
 and 110M (dim 768, 12 layers, 12 heads), vocabulary 32,000, random weights.
 
-    .venv/bin/python bench/generate.py [--sizes 15m,110m] [--repeats 3] [--threads 1]
+    .venv/bin/python bench/generate.py [--sizes 15m,110m] [--repeats 3] [--threads 1] [--json FILE]
 
 Every engine is timed in turn inside each repeat (llama.cpp in a subprocess of its own venv, driven over a
 pipe, timed by itself), and medians are compared as ratios, so load from other processes falls on every
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -29,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engines import ensure  # noqa: E402 - bench/engines.py, beside this file
 
 from codelm import export  # noqa: E402
+from codelm.files import write_json  # noqa: E402
+from codelm.generate import cpu_kernel  # noqa: E402
 from codelm.generate.engine import Engine, Row  # noqa: E402
 from codelm.generate.sampler import SamplingParams  # noqa: E402
 from codelm.generate.weights import EngineConfig, has_bf16_units  # noqa: E402
@@ -143,6 +148,7 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--prefill-len", type=int, default=512)
     ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--json", help="also write every median and ratio to this JSON file")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "codelm-bench-generate"),
                     help="folder for the tokenizer, HF and GGUF files (reused between runs)")
     args = ap.parse_args()
@@ -157,10 +163,16 @@ def main():
     except Exception as e:  # noqa: BLE001 - the engine is optional: say why, bench the rest
         llama_python, why_not = None, str(e).splitlines()[0]
     formats = {"fp32": EngineConfig(max_batch=8), "int8": EngineConfig(quantize="int8", max_batch=8)}
+    lib = cpu_kernel.library()
+    if lib is not None:  # the same formats on the torch path, beside the C step
+        formats.update({"fp32 torch": EngineConfig(max_batch=8, kernel="torch"),
+                        "int8 torch": EngineConfig(quantize="int8", max_batch=8, kernel="torch")})
     if has_bf16_units():
         formats["bf16"] = EngineConfig(dtype="bfloat16", max_batch=8)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} thread(s) per engine, "
-          f"avx512_bf16: {has_bf16_units()}, llama.cpp: {llama_python or 'not available: ' + why_not}")
+          f"avx512_bf16: {has_bf16_units()}, C step: {cpu_kernel.describe()}, llama.cpp: {llama_python or 'not available: ' + why_not}")
+    print("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    report = {"threads": args.threads, "load_start": os.getloadavg(), "results": []}
     for size in args.sizes.split(","):
         cfg = ModelConfig(**SIZES[size])
         torch.manual_seed(0)
@@ -189,15 +201,23 @@ def main():
                 runners.update({k: llama_runner(v, prompts, args.new_tokens) for k, v in llamas.items()})
             med, tokens = timed(runners, args.repeats)
             _table(bs, med, tokens, bs * args.new_tokens)
+            report["results"].append({"size": size, "batch": bs, "tok_s": {k: bs * args.new_tokens / t
+                                                                           for k, t in med.items()}})
         x = torch.randint(3, cfg.vocab_size, (1, args.prefill_len), generator=gen).tolist()
-        runners = {f"codelm {k}": codelm_runner(model, c, x, 1) for k, c in formats.items()}
+        runners = {f"codelm {k}": codelm_runner(model, c, x, 1) for k, c in formats.items() if "torch" not in k}
         runners["transformers"] = hf_runner(ref, x, 0)
         runners.update({k: llama_runner(v, x, 0) for k, v in llamas.items()})
         med, _ = timed(runners, args.repeats)
         print(f"\nprefill {args.prefill_len} tokens, tok/s: " + ", ".join(
             f"{k} {args.prefill_len / t:.0f} ({med['transformers'] / t:.2f}x transformers)" for k, t in med.items()))
+        report["results"].append({"size": size, "prefill": args.prefill_len,
+                                  "tok_s": {k: args.prefill_len / t for k, t in med.items()}})
         for llama in llamas.values():
             llama.close()
+    report["load_end"] = os.getloadavg()
+    print("load average at end: " + " ".join(f"{x:.2f}" for x in report["load_end"]))
+    if args.json:
+        write_json(args.json, report)
 
 
 def _table(bs: int, med: dict, tokens: dict, n_tokens: int) -> None:

@@ -283,7 +283,7 @@ def _run_serve(args):
     return serve_main(**_settings(args, *_ENGINE_FLAGS), engine=_engine(args))
 
 
-_ENGINE_FLAGS = ("dtype", "quantize", "max_batch")
+_ENGINE_FLAGS = ("dtype", "quantize", "max_batch", "kernel")
 
 
 def _add_engine_flags(p, batch: bool = True) -> None:

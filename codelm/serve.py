@@ -501,6 +501,9 @@ def _usage(rows, gens) -> dict:
 class CodelmHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: 16 clients connecting at once overflowed it, and a
+    # connection the kernel then answered with a SYN cookie was sometimes reset (bench/serve.py).
+    request_queue_size = 128
 
     def __init__(self, address, service: ModelService, quiet: bool = False):
         super().__init__(address, Handler)

@@ -226,24 +226,31 @@ def test_max_new_tokens_beyond_the_context_is_cut_with_a_warning(place, monkeypa
 
 def test_a_decoding_step_attends_over_the_written_tokens_whatever_the_requested_maximum(monkeypatch):
     """A step attends over the written cache entries only: 40 tokens with max_new_tokens 20,000 and a
-    32,768-position model never read more than prompt + 40 entries (no wall time: the shapes say it)."""
-    from codelm.generate import SamplingParams
+    32,768-position model never read more than prompt + 40 entries (no wall time: the shapes say it).
+    The torch path's attention is seen by its key shapes; the C step attends over each row's pos + 1
+    entries, so its largest position says the same."""
+    from codelm.generate import SamplingParams, cpu_kernel
     from codelm.generate.engine import Engine, Row
+    from codelm.generate.weights import EngineConfig
 
     model = tiny_llama(300, max_seq_len=32768)
     attended = []
-    attend = Engine._attend_one
+    attend, kernel = Engine._attend_one, cpu_kernel.DecodeKernel.__call__
     monkeypatch.setattr(Engine, "_attend_one", lambda self, q, k, v, bias: attended.append(k.shape[-2])
                         or attend(self, q, k, v, bias))
+    monkeypatch.setattr(cpu_kernel.DecodeKernel, "__call__", lambda self, tokens, pos, *rest: attended.append(
+        int(pos.max()) + 1) or kernel(self, tokens, pos, *rest))
     prompt = [1, 5, 6, 7]
-    engine = Engine(model)
-    # The stop string ends the row after 40 tokens, whatever max_new_tokens allows.
-    row = Row(prompt, SamplingParams(max_new_tokens=20_000, stop=("x" * 40,)), frozenset(),
-              lambda toks: "x" * len(toks), 20_000)
-    (g,) = engine.run([row])
-    assert g.finish_reason == "stop_string"
-    # 40 tokens were made (the last is never fed back), and no step read past them.
-    assert max(attended) == len(prompt) + 39
+    for choice in ("torch", "auto"):
+        attended.clear()
+        engine = Engine(model, EngineConfig(kernel=choice))
+        # The stop string ends the row after 40 tokens, whatever max_new_tokens allows.
+        row = Row(prompt, SamplingParams(max_new_tokens=20_000, stop=("x" * 40,)), frozenset(),
+                  lambda toks: "x" * len(toks), 20_000)
+        (g,) = engine.run([row])
+        assert g.finish_reason == "stop_string"
+        # 40 tokens were made (the last is never fed back), and no step read past them.
+        assert max(attended) == len(prompt) + 39
 
 
 def test_every_flag_has_help_and_shows_its_default():

@@ -15,6 +15,8 @@ there instead of being prefilled again.
 
 The forward pass here runs the model's weights as `weights.prepare` laid them out (fp32, bf16 or int8,
 fused q/k/v and gate/up projections, fused RMSNorm): the model file stays the plain reference network.
+On a CPU a decoding step of fp32 or int8 weights is one call of the C step (cpu_kernel.py), compiled
+for this machine at first use; prefill, bf16, GPUs and the fallback run the torch code below.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from codelm.generate import cpu_kernel
 from codelm.generate.sampler import Generation, SamplingParams, sample_next
 from codelm.generate.stops import find_stop
 from codelm.generate.weights import EngineConfig, Weights, prepare
@@ -76,6 +79,7 @@ class Engine:
     def __init__(self, model, config: EngineConfig | None = None):
         self.model, self.config = model, config or EngineConfig()
         self.weights = prepared(model, self.config)
+        self.kernel = cpu_kernel.for_engine(model, self.weights, self.config.kernel)  # None: the torch path
         c = model.config
         self.n_heads, self.n_kv, self.head_dim, self.eps = c.n_heads, c.n_kv_heads, c.head_dim, c.norm_eps
         self.device = model.tok_embeddings.weight.device
@@ -274,8 +278,11 @@ class Engine:
 
         At one token per row, op count rather than arithmetic bounds a small model's step, so the stream
         stays [B, dim] (no sequence axis to reshape), RoPE rotates q and k in place, and each layer writes
-        its new keys and values with one copy (a slice when every row is at one position, as at batch 1)."""
+        its new keys and values with one copy (a slice when every row is at one position, as at batch 1).
+        Up to cpu_kernel.MAX_ROWS rows on a CPU, the whole step is one call of the C kernel instead."""
         B, n = len(tokens), max(positions) + 1
+        if self.kernel is not None and B <= cpu_kernel.MAX_ROWS:
+            return self._decode_kernel(tokens, positions)
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
         same = min(positions) == n - 1  # every row at position n - 1
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
@@ -308,6 +315,14 @@ class Engine:
             gate, up = w.w13(F.rms_norm(h, (h.shape[-1],), w.ffn_norm, self.eps)).chunk(2, dim=-1)
             h = w.w2.add_to(h, F.silu(gate).mul_(up))
         return self._logits(h)
+
+    def _decode_kernel(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        pos = torch.tensor(positions, dtype=torch.long)
+        cos, sin = self._rope(pos, 1)
+        if cos is not None:
+            cos, sin = cos.reshape(len(tokens), -1).contiguous(), sin.reshape(len(tokens), -1).contiguous()
+        slopes = self.model.alibi_slopes.float().contiguous() if self.model.alibi else None
+        return self.kernel(torch.tensor(tokens, dtype=torch.long), pos, cos, sin, slopes, self.kv)
 
     def _attend_one(self, q, k, v, bias):
         """Attention of one query per row, as batched products (CPU SDPA kernels tile for long queries and

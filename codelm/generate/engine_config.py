@@ -11,6 +11,7 @@ from codelm.errors import ConfigError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZE = ("none", "int8")
+KERNELS = ("auto", "torch")
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,17 @@ class EngineConfig:
     max_batch: int = field(default=8, metadata={
         "help": "rows decoded together (KV-cache slots of continuous batching) (default: %(default)s)",
         "kind": "positive_int"})
+    kernel: str = field(default="auto", metadata={
+        "help": "decoding step on a CPU: auto (C code compiled for this CPU at first use, for fp32 and int8 "
+                "weights at up to 64 rows; torch where it cannot run), or torch (default: %(default)s)",
+        "choices": KERNELS})
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.quantize not in QUANTIZE:
             raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
+        if self.kernel not in KERNELS:
+            raise ConfigError(f"--kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
         if self.max_batch < 1:
             raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")

@@ -16,7 +16,7 @@ the model was loaded so), so only the weight reads, which bound decoding at smal
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -100,12 +100,22 @@ class Linear:
             self.q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
             self.scale = scale.to(self.act)
             self.w = None
+            self.scale_f32 = scale  # the C decoding step's scales (cpu_kernel.py)
         elif transpose and p.act_dtype == torch.float32 and w.device.type == "cpu":
             # Stored transposed, [in, out]: x @ W then streams W's rows, which MKL reads about 2x faster at
             # one to eight rows than F.linear's [out, in] (bf16's kernels are the other way round).
             self.w, self.transposed = w.float().t().contiguous(), True
         else:
             self.w = w.to(p.act_dtype).contiguous()
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight [out, in], per-row fp32 scales or None) of fp32 or int8 weights, as decode_step.c takes
+        them (cpu_kernel.py packs them); the transposed fp32 copy gives a view, not another copy."""
+        if self.w is None:
+            return self.q, self.scale_f32
+        if self.w.dtype != torch.float32:
+            raise ValueError("the C decoding step takes fp32 or int8 weights")
+        return (self.w.t() if self.transposed else self.w), None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         xa = x if x.dtype == self.act else x.to(self.act)  # (a no-op .to still costs a dispatch per call)
@@ -139,6 +149,7 @@ class Weights:
     norm: torch.Tensor
     output: Linear
     stream_dtype: torch.dtype  # the residual stream's dtype (and the KV cache's)
+    packed: dict = field(default_factory=dict, repr=False)  # other layouts of these weights, made once (cpu_kernel)
 
 
 def prepare(model, config: EngineConfig) -> Weights:
