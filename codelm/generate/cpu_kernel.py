@@ -1,11 +1,12 @@
 """The engine's C decoding step (decode_step.c): compiled on this machine at first use, called through ctypes.
 
-At one to sixteen rows a decoding step of a small model is bounded by how fast its weights stream and
-by the ~25 torch ops a layer costs in dispatch; one C function per step does the whole forward pass
-(fp32 or int8 weights, fp32 everything else) with loops the compiler vectorizes for this CPU.
+At one to MAX_ROWS rows a decoding step of a small model is bounded by how fast its weights stream
+and by the ~25 torch ops a layer costs in dispatch; one C function per step does the whole forward
+pass (fp32 or int8 weights, fp32 everything else) with loops vectorized for this CPU.
 
-The library is built with `$CC` (default `cc`) as `-O3 -march=native -fopenmp-simd` (AVX-512 where the
-CPU has it, AVX2 or scalar code elsewhere; if the compiler refuses -march=native, without it) into
+The library is built with `$CC` (default `cc`) as `-O3 -march=native -fopenmp` (AVX-512 where the CPU
+has it, AVX2 or scalar code elsewhere; without -fopenmp, then without -march=native, where the compiler
+refuses them) into
 `<cache_root>/kernels/`, named by a hash of the source, the flags, the compiler's version and the CPU's
 flags, so a changed source, compiler or machine builds anew and a copy is never shared by two CPUs it
 was not built for. Written to a temporary file and renamed, so concurrent processes never load half a
