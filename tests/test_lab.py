@@ -43,7 +43,8 @@ def _plan(tmp_path, L=64):
 
 
 def test_each_method_gets_its_own_fine_tune(tmp_path):
-    s = lab.LabSettings(out=tmp_path, overrides=["data.seq_len=64", "model.config.n_heads=2"], lcft_factor=4)
+    s = lab.LabSettings(out=tmp_path, overrides=["data.seq_len=64", "model.config.n_heads=2", "model.config.n_kv_heads=2"],
+                        lcft_factor=4)
     plan = _plan(tmp_path)
     by = {m.name: m for m in lab.methods(4)}
     base = tmp_path / "runs" / "seed0" / "rope" / "final"
@@ -64,10 +65,10 @@ def test_each_method_gets_its_own_fine_tune(tmp_path):
     drills = alibi.data.sources[1]
     assert drills.path == str(plan.drills) and drills.prompt_loss_weight == 0.0
     assert drills.loss_weight == s.drill_loss_weight and drills.weight == s.drill_weight
-    # By default the fine-tunes keep the pretraining's share of drills, at their own length, code trained too.
+    # By default most of the fine-tunes' rows are drills, at their own length, code trained too.
     long = ours.data.sources[1]
     assert long.path == str(plan.lcft_drills) and long.prompt_loss_weight == 1.0
-    assert long.loss_weight == s.lcft_drill_loss_weight and long.weight == s.drill_weight == 0.5
+    assert long.loss_weight == s.lcft_drill_loss_weight and long.weight == s.lcft_drill_weight == 0.9
     s.lcft_drill_weight = 0.0
     assert [x.name for x in lab.lcft_recipe(s, plan, 0, by["lcft-1e6"], base).data.sources] == ["code"]
     bad = lab.LabSettings(out=tmp_path, overrides=["train.lr_max=1"])
