@@ -219,6 +219,33 @@ def test_summary_table_plots_and_notes(tmp_path):
     assert not re.search(r"at 8L, [0-9.]+ at 8L", report.explanation(summary, table))
 
 
+def test_notes_say_when_the_base_or_the_fine_tune_lacks_the_skill(tmp_path):
+    L = 32
+    ms = lab.methods(4)
+    data = lab.EvalData(docs=[np.zeros(600, dtype=np.int64)], filler=np.zeros(1), ppl_lengths=[8, 16, 32, 64, 128, 256, 512],
+                        kr_lengths=[32, 64, 128, 256, 512], sweep_length=256, window=512)
+    plan = _plan(tmp_path, L)
+    plan.pretrain_tokens, plan.lcft_tokens = 100_000, 5_000
+    results = _fake_results(ms, 2, data, L)
+
+    def notes(at_L: dict) -> str:
+        for name, acc in at_L.items():
+            for per_seed in results[name].values():
+                per_seed["key_retrieval"].update({f"{L}@{p:g}": acc for p in (0.0, 0.2, 0.4)})
+        summary = report.summarize(results, ms, data, L, lab.LabSettings(out=tmp_path, seeds=2), plan)
+        return report.explanation(summary, report.table_markdown(summary))
+
+    # The base learned (100% at L), the fine-tune with θ = 1e6 kept 25%: the notes say the new θ broke it.
+    assert "but LCFT with θ = 1e6 kept only 25% of it at L" in notes({"rope": 1.0, "lcft-1e6": 0.25, "alibi": 1.0})
+    # The base did not learn (25% at L, ALiBi did): the notes say so, and not the fine-tune's story.
+    text = notes({"rope": 0.25, "lcft-1e6": 0.25, "alibi": 1.0})
+    assert "The RoPE model did not learn the skill within its own window (25% at L" in text
+    assert "kept only" not in text
+    # Both learned and kept it: neither note.
+    text = notes({"rope": 1.0, "lcft-1e6": 0.875, "alibi": 1.0})
+    assert "kept only" not in text and "did not learn" not in text
+
+
 def test_rope_decay_bound_decays_more_slowly_with_a_larger_base():
     d = np.arange(0, 16000, 10)
     small, large = report.rope_decay_bound(128, 1e4, d), report.rope_decay_bound(128, 1e6, d)
