@@ -194,13 +194,18 @@ def _fake_results(methods, seeds, data, L):
     return results
 
 
-def test_summary_table_plots_and_notes(tmp_path):
-    L = 32
-    ms = lab.methods(4)
+def _report_inputs(tmp_path, L: int, lcft_tokens: int):
+    """The six methods, evaluation lengths up to 16L and a plan, for reports built from _fake_results."""
     data = lab.EvalData(docs=[np.zeros(600, dtype=np.int64)], filler=np.zeros(1), ppl_lengths=[8, 16, 32, 64, 128, 256, 512],
                         kr_lengths=[32, 64, 128, 256, 512], sweep_length=256, window=512)
     plan = _plan(tmp_path, L)
-    plan.pretrain_tokens, plan.lcft_tokens = 100_000, 2_000
+    plan.pretrain_tokens, plan.lcft_tokens = 100_000, lcft_tokens
+    return lab.methods(4), data, plan
+
+
+def test_summary_table_plots_and_notes(tmp_path):
+    L = 32
+    ms, data, plan = _report_inputs(tmp_path, L, 2_000)
     s = lab.LabSettings(out=tmp_path, seeds=3)
     summary = report.summarize(_fake_results(ms, 3, data, L), ms, data, L, s, plan)
     rope = summary["methods"]["rope"]["perplexity"]["128"]
@@ -221,11 +226,7 @@ def test_summary_table_plots_and_notes(tmp_path):
 
 def test_notes_say_when_the_base_or_the_fine_tune_lacks_the_skill(tmp_path):
     L = 32
-    ms = lab.methods(4)
-    data = lab.EvalData(docs=[np.zeros(600, dtype=np.int64)], filler=np.zeros(1), ppl_lengths=[8, 16, 32, 64, 128, 256, 512],
-                        kr_lengths=[32, 64, 128, 256, 512], sweep_length=256, window=512)
-    plan = _plan(tmp_path, L)
-    plan.pretrain_tokens, plan.lcft_tokens = 100_000, 5_000
+    ms, data, plan = _report_inputs(tmp_path, L, 5_000)
     results = _fake_results(ms, 2, data, L)
 
     def notes(at_L: dict) -> str:
