@@ -43,7 +43,8 @@ def _plan(tmp_path, L=64):
 
 
 def test_each_method_gets_its_own_fine_tune(tmp_path):
-    s = lab.LabSettings(out=tmp_path, overrides=["data.seq_len=64", "model.config.n_heads=2"], lcft_factor=4)
+    s = lab.LabSettings(out=tmp_path, overrides=["data.seq_len=64", "model.config.n_heads=2", "model.config.n_kv_heads=2"],
+                        lcft_factor=4)
     plan = _plan(tmp_path)
     by = {m.name: m for m in lab.methods(4)}
     base = tmp_path / "runs" / "seed0" / "rope" / "final"
@@ -64,10 +65,10 @@ def test_each_method_gets_its_own_fine_tune(tmp_path):
     drills = alibi.data.sources[1]
     assert drills.path == str(plan.drills) and drills.prompt_loss_weight == 0.0
     assert drills.loss_weight == s.drill_loss_weight and drills.weight == s.drill_weight
-    # By default the fine-tunes keep the pretraining's share of drills, at their own length, code trained too.
+    # By default most of the fine-tunes' rows are drills, at their own length, code trained too.
     long = ours.data.sources[1]
     assert long.path == str(plan.lcft_drills) and long.prompt_loss_weight == 1.0
-    assert long.loss_weight == s.lcft_drill_loss_weight and long.weight == s.drill_weight == 0.5
+    assert long.loss_weight == s.lcft_drill_loss_weight and long.weight == s.lcft_drill_weight == 0.9
     s.lcft_drill_weight = 0.0
     assert [x.name for x in lab.lcft_recipe(s, plan, 0, by["lcft-1e6"], base).data.sources] == ["code"]
     bad = lab.LabSettings(out=tmp_path, overrides=["train.lr_max=1"])
@@ -193,13 +194,18 @@ def _fake_results(methods, seeds, data, L):
     return results
 
 
-def test_summary_table_plots_and_notes(tmp_path):
-    L = 32
-    ms = lab.methods(4)
+def _report_inputs(tmp_path, L: int, lcft_tokens: int):
+    """The six methods, evaluation lengths up to 16L and a plan, for reports built from _fake_results."""
     data = lab.EvalData(docs=[np.zeros(600, dtype=np.int64)], filler=np.zeros(1), ppl_lengths=[8, 16, 32, 64, 128, 256, 512],
                         kr_lengths=[32, 64, 128, 256, 512], sweep_length=256, window=512)
     plan = _plan(tmp_path, L)
-    plan.pretrain_tokens, plan.lcft_tokens = 100_000, 2_000
+    plan.pretrain_tokens, plan.lcft_tokens = 100_000, lcft_tokens
+    return lab.methods(4), data, plan
+
+
+def test_summary_table_plots_and_notes(tmp_path):
+    L = 32
+    ms, data, plan = _report_inputs(tmp_path, L, 2_000)
     s = lab.LabSettings(out=tmp_path, seeds=3)
     summary = report.summarize(_fake_results(ms, 3, data, L), ms, data, L, s, plan)
     rope = summary["methods"]["rope"]["perplexity"]["128"]
@@ -216,6 +222,29 @@ def test_summary_table_plots_and_notes(tmp_path):
     assert "at 2L" in notes and "In the position sweep at 8L, ALiBi answers" in notes
     summary["lcft_length"] = 8 * L                  # fine-tunes at 8L: each length is named once per curve
     assert not re.search(r"at 8L, [0-9.]+ at 8L", report.explanation(summary, table))
+
+
+def test_notes_say_when_the_base_or_the_fine_tune_lacks_the_skill(tmp_path):
+    L = 32
+    ms, data, plan = _report_inputs(tmp_path, L, 5_000)
+    results = _fake_results(ms, 2, data, L)
+
+    def notes(at_L: dict) -> str:
+        for name, acc in at_L.items():
+            for per_seed in results[name].values():
+                per_seed["key_retrieval"].update({f"{L}@{p:g}": acc for p in (0.0, 0.2, 0.4)})
+        summary = report.summarize(results, ms, data, L, lab.LabSettings(out=tmp_path, seeds=2), plan)
+        return report.explanation(summary, report.table_markdown(summary))
+
+    # The base learned (100% at L), the fine-tune with θ = 1e6 kept 25%: the notes say the new θ broke it.
+    assert "but LCFT with θ = 1e6 kept only 25% of it at L" in notes({"rope": 1.0, "lcft-1e6": 0.25, "alibi": 1.0})
+    # The base did not learn (25% at L, ALiBi did): the notes say so, and not the fine-tune's story.
+    text = notes({"rope": 0.25, "lcft-1e6": 0.25, "alibi": 1.0})
+    assert "The RoPE model did not learn the skill within its own window (25% at L" in text
+    assert "kept only" not in text
+    # Both learned and kept it: neither note.
+    text = notes({"rope": 1.0, "lcft-1e6": 0.875, "alibi": 1.0})
+    assert "kept only" not in text and "did not learn" not in text
 
 
 def test_rope_decay_bound_decays_more_slowly_with_a_larger_base():

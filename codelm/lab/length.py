@@ -22,8 +22,8 @@ value, random key-to-question distance), each at most L tokens, trained on the a
 a loss weight that makes a drill's few answer tokens count like a row of code. The skill exists
 inside the trained window; the lab asks whether it survives at distances never trained. The
 fine-tunes follow the paper's shape: a learning rate 15x below the pretraining peak and 5% of the
-pretraining tokens (recipes/lcft-lab.toml), and the pretraining's share of drills, as long as their
-rows (`lcft_drill_weight`).
+pretraining tokens (recipes/lcft-lab.toml), and mostly drills as long as their rows
+(`lcft_drill_weight`): a new θ breaks what the base learned to read, and the drills teach it again.
 Settings are chosen on one half of the held-out files (`eval_split="select"`) and reported on the
 other.
 
@@ -94,9 +94,10 @@ class LabSettings:
     train_chars: int = 3_000_000      # training text kept from the corpus (the runs read a fraction)
     drill_weight: float = 0.5         # share of pretraining sequences drawn from retrieval drills
     drill_loss_weight: float = 40.0   # each drill answer token counts this many code tokens in the loss
-    # Drills in the fine-tunes: the pretraining's share, as long as their rows (keys up to the fine-tune
-    # length away), their code trained too, the answer weighing about as much as a 512-token row of code.
-    lcft_drill_weight: float = 0.5
+    # Drills in the fine-tunes: most of their rows, as long as the rows (keys up to the fine-tune length away),
+    # their code trained too, the answer weighing about as much as a 512-token row of code. A new θ breaks the
+    # retrieval the base learned, even at L; the drills teach it again (0.5: 26% at L, 0.9: 57%; attempts.md).
+    lcft_drill_weight: float = 0.9
     lcft_drill_loss_weight: float = 200.0
     eval_tokens: int = 16_384         # held-out tokens scored at every length
     retrieval_examples: int = 64      # per (length, key position) cell and seed
@@ -437,7 +438,7 @@ def quick_recipes(pre: dict, lcft: dict) -> tuple[dict, dict]:
     pre.setdefault("train", {}).update(max_steps=400, batch_tokens=1024, micro_batch_size=32, warmup_steps=40,
                                        lr=5e-3, checkpoint_every=400)
     lcft.setdefault("train", {}).update(max_steps=8, batch_tokens=1024, micro_batch_size=8, warmup_steps=1,
-                                        checkpoint_every=8)
+                                        lr=3.3e-4, checkpoint_every=8)   # 1/15 of the quick peak
     return pre, lcft
 
 

@@ -41,7 +41,7 @@ class LabLengthConfig:
     drill_weight: float | None = flag(None, "share of retrieval drills in pretraining", "fraction")
     drill_loss_weight: float | None = flag(None, "how many code tokens one drill answer token counts in the "
                                                  "pretraining loss", "nonneg_float")
-    lcft_drill_weight: float | None = flag(None, "share of retrieval drills in the fine-tunes (default 0.5)", "fraction")
+    lcft_drill_weight: float | None = flag(None, "share of retrieval drills in the fine-tunes (default 0.9)", "fraction")
     lcft_drill_loss_weight: float | None = flag(None, "how many code tokens one drill answer token counts in the "
                                                       "fine-tunes' loss", "nonneg_float")
     threads: int | None = flag(None, "torch threads for the runs and evaluations (default: one per core; 1 on a "

@@ -352,15 +352,24 @@ def explanation(summary: dict, table: str) -> str:
         caveat = ""
         if best_at_L < 0.25:
             caveat = (" No model retrieves reliably even at L, so this run says nothing about retrieval at a "
-                      "distance: the model has not learned the skill within its window (train longer, e.g. "
-                      "`--set train.max_steps=4000`, or raise `--drill-weight`).")
+                      "distance: the model has not learned the skill within its window (lower the peak learning rate, "
+                      "e.g. `--set train.lr=2.5e-3`, or train longer: `--set train.max_steps=4000`).")
         elif "rope" in ms and ms["rope"]["key_retrieval_by_length"][str(L)].get("lo", 1.0) < 0.5:
             rope_L = ms["rope"]["key_retrieval_by_length"][str(L)]
             caveat = (f" The RoPE model did not learn the skill within its own window ({100 * rope_L['mean']:.0f}% at L, "
                       "under the 50% that \"high\" asks of the interval's lower end), so the fine-tunes that start "
                       "from it have no retrieval to carry beyond L, and the RoPE rows cannot show Table 18's pattern: "
-                      "the skill appears abruptly late in pretraining and not on every seed (train longer, e.g. "
-                      "`--set train.max_steps=4000`).")
+                      "the skill appears abruptly, and a peak learning rate that is too high can keep it from "
+                      "appearing at all (at 5e-3 no seed of the 2026-12-06 run learned it; try a lower `--set "
+                      "train.lr=...` or `--set train.max_steps=4000`).")
+        elif "rope" in ms and "lcft-1e6" in ms and ms["lcft-1e6"]["key_retrieval_by_length"][str(L)].get("lo", 1.0) < 0.5:
+            infer = (f" (θ→1e6 at inference only: {kr('rope-1e6-infer', 1)} at L)" if "rope-1e6-infer" in ms else "")
+            caveat = (f" The RoPE model learned the skill within its window ({kr('rope', 1)} at L), but LCFT with θ = 1e6 "
+                      f"kept only {kr('lcft-1e6', 1)} of it at L: a new θ changes the speed of every rotation but the "
+                      f"fastest, so what the model learned to read at θ = 1e4 breaks{infer} and has to be learned again "
+                      f"within the fine-tune's {summary['lcft_tokens']:,} tokens, from its drills. At this scale the "
+                      "fine-tune does not get there, so the RoPE rows after it cannot show how far Table 18's skill "
+                      "carries.")
         sweep = ""
         if "alibi" in ms and "sweep" in ms["alibi"]:
             sw = ms["alibi"]["sweep"]
