@@ -136,23 +136,21 @@ static void matvec(const Model *m, const void *W, const float *scale, int64_t ou
         for (int64_t b = 0; b < B; b += RB) {
             const int R = B - b < RB ? (int)(B - b) : RB;
             /* a constant R lets the compiler unroll the row loop and keep acc in registers */
-            if (m->int8) {
-                const int8_t *t = (const int8_t *)W + o0 * in;
-                switch (R) {
-                case 1: tile_i8(t, in, x + b * in, acc, 1); break;
-                case 2: tile_i8(t, in, x + b * in, acc, 2); break;
-                case 3: tile_i8(t, in, x + b * in, acc, 3); break;
-                default: tile_i8(t, in, x + b * in, acc, 4); break;
-                }
-            } else {
-                const float *t = (const float *)W + o0 * in;
-                switch (R) {
-                case 1: tile_f32(t, in, x + b * in, acc, 1); break;
-                case 2: tile_f32(t, in, x + b * in, acc, 2); break;
-                case 3: tile_f32(t, in, x + b * in, acc, 3); break;
-                default: tile_f32(t, in, x + b * in, acc, 4); break;
-                }
-            }
+#define TILE_ROWS(FN, T)                                                                \
+            do {                                                                        \
+                const T *t = (const T *)W + o0 * in;                                    \
+                switch (R) {                                                            \
+                case 1: FN(t, in, x + b * in, acc, 1); break;                           \
+                case 2: FN(t, in, x + b * in, acc, 2); break;                           \
+                case 3: FN(t, in, x + b * in, acc, 3); break;                           \
+                default: FN(t, in, x + b * in, acc, 4); break;                          \
+                }                                                                       \
+            } while (0)
+            if (m->int8)
+                TILE_ROWS(tile_i8, int8_t);
+            else
+                TILE_ROWS(tile_f32, float);
+#undef TILE_ROWS
             for (int r = 0; r < R; r++) {
                 float *dst = y + (b + r) * out + o0;
                 for (int64_t j = 0; j < n; j++) {
