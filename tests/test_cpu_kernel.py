@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import tiny_llama
 
-from codelm.generate import cpu_kernel
+from codelm.generate import cpu_kernel, weights
 from codelm.generate.weights import cpu_flags
 from codelm.generate.engine import Engine
 from codelm.generate.weights import EngineConfig
@@ -133,7 +133,7 @@ def test_without_a_compiler_the_torch_path_runs_and_says_so_once(tmp_path, monke
 
 def test_no_room_for_the_packed_copy_keeps_the_torch_path(monkeypatch):
     m = _model("mha", seed=5)
-    monkeypatch.setattr(cpu_kernel, "available_memory_bytes", lambda: 1024)
+    monkeypatch.setattr(weights, "available_memory_bytes", lambda: 1024)
     assert Engine(m, EngineConfig()).kernel is None
     monkeypatch.undo()
     assert Engine(m, EngineConfig()).kernel is not None

@@ -30,7 +30,7 @@ import torch
 
 from codelm.errors import warn
 from codelm.files import cache_root
-from codelm.generate.weights import Linear, Weights, available_memory_bytes, cpu_flags
+from codelm.generate.weights import Linear, Weights, cpu_flags, room_for_copy
 
 SOURCE = Path(__file__).with_name("decode_step.c")
 FLAGS = ("-O3", "-fopenmp-simd", "-shared", "-fPIC")
@@ -204,8 +204,7 @@ def for_engine(model, weights: Weights, choice: str) -> DecodeKernel | None:
         return None
     if not weights.packed:
         lins = [weights.output] + [x for lw in weights.layers for x in (lw.wqkv, lw.wo, lw.w13, lw.w2)]
-        size = sum(w.numel() * w.element_size() for w in (lin.rows()[0] for lin in lins))
-        if size > available_memory_bytes() // 2:
+        if not room_for_copy(sum(w.numel() * w.element_size() for w in (lin.rows()[0] for lin in lins))):
             return None
     lib = library()
     return None if lib is None else DecodeKernel(lib, model, weights)

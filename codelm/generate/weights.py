@@ -162,7 +162,7 @@ def prepare(model, config: EngineConfig) -> Weights:
     projections = [model.output.weight] + [w for b in model.layers for w in (
         b.attention.wqkv.weight, b.attention.wo.weight, b.feed_forward.w13.weight, b.feed_forward.w2.weight)]
     # The transposed fp32 copy doubles the weights' memory: a 7B model in fp32 would need 56 GB.
-    transpose = sum(w.numel() for w in projections) * 4 <= available_memory_bytes() // 2
+    transpose = room_for_copy(sum(w.numel() for w in projections) * 4)
 
     def linear(weight):
         return Linear(weight, p, transpose)
@@ -173,6 +173,12 @@ def prepare(model, config: EngineConfig) -> Weights:
               for b in model.layers]
     return Weights(p, model.tok_embeddings.weight.detach().to(stream), layers, model.norm.weight.detach().to(stream),
                    linear(model.output.weight), stream)
+
+
+def room_for_copy(nbytes: int) -> bool:
+    """Whether one more copy of `nbytes` of weights fits in half the memory the system has available: the rule
+    for every extra layout of the weights (the transposed fp32 copy here, the C step's packed tiles)."""
+    return nbytes <= available_memory_bytes() // 2
 
 
 def available_memory_bytes() -> int:
