@@ -4,6 +4,11 @@ in this process, one after the other, on the same requests. Greedy, so every ans
 request served alone (checked); throughput (requests/s, tokens/s) and latency p50/p95.
 
     python bench/serve.py --model DEMO_MODEL_DIR [--clients 16] [--requests 4] [--max-tokens 64] [--max-batch 16]
+        [--random-shape 768,12,12]
+
+--random-shape DIM,LAYERS,HEADS serves a Llama of that shape with random weights (seed 0) and the
+--model's tokenizer instead of the --model's weights (768,12,12 with the demo's 4,096-token vocabulary:
+91M parameters, whose weights do not fit in the CPU's caches, as a real model's do not).
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ import torch
 
 from codelm.evaluate.benchmarks import load_problems
 from codelm.generate.weights import EngineConfig, load_for_engine
+from codelm.model.config import ModelConfig
+from codelm.model.llama import Transformer
 from codelm.serve import start_server
 
 
@@ -62,9 +69,18 @@ def main():
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--random-shape", default=None, metavar="DIM,LAYERS,HEADS")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_for_engine(args.model, EngineConfig())
+    if args.random_shape:
+        dim, layers, heads = (int(x) for x in args.random_shape.split(","))
+        torch.manual_seed(0)
+        config = ModelConfig(dim=dim, n_layers=layers, n_heads=heads, vocab_size=loaded.model.config.vocab_size,
+                             multiple_of=256, max_seq_len=loaded.model.config.max_seq_len)
+        loaded.model = Transformer(config).eval()
+        args.model = f"random {args.random_shape} ({sum(p.numel() for p in loaded.model.parameters()) / 1e6:.1f}M " \
+                     f"parameters, {args.model}'s tokenizer)"
     prompts = [p["prompt"].strip() for p in load_problems("humaneval", args.data_dir)]
     n = args.clients * args.requests
     runs = {}

@@ -1,6 +1,7 @@
 """The C decoding step (codelm/generate/decode_step.c): the same logits as the engine's torch path for
-MHA, GQA, MQA and ALiBi, fp32 and int8, rows at different positions; built once into the cache; without a
-compiler the torch path runs, with one warning."""
+MHA, GQA, MQA and ALiBi, fp32 and int8, rows at different positions, head sizes its vector loops split
+every way; prefill through the same function (in chunks, a prompt's tokens as rows of one slot);
+built once into the cache; without a compiler the torch path runs, with one warning."""
 import platform
 
 import pytest
@@ -17,6 +18,9 @@ SHAPES = {  # heads / kv heads: MHA, GQA, MQA; and ALiBi (no RoPE)
     "gqa": dict(dim=128, n_heads=8, n_kv_heads=2),
     "mqa": dict(n_heads=4, n_kv_heads=1),
     "alibi": dict(n_heads=4, n_kv_heads=2, position_encoding="alibi"),
+    # head sizes 48 (3 vectors of 16, or 6 of 8) and 8 (under one AVX-512 vector: the scalar loops)
+    "head48": dict(dim=96, n_heads=2, n_kv_heads=1),
+    "head8": dict(dim=64, n_heads=8, n_kv_heads=8),
 }
 PROMPT_LENGTHS = [5, 1, 17, 9, 30]  # rows at different positions
 
@@ -73,6 +77,66 @@ def test_int8_kernel_computes_the_dequantized_weights_and_stays_near_torchs_int8
     assert float((got - ref).abs().max() / ref.abs().max()) < 1e-4
 
 
+def _prefill(model, config: EngineConfig, prompt: list[int], every: bool = False) -> torch.Tensor:
+    e = Engine(model, config)
+    e._reserve(len(prompt) + 1, 1)
+    with torch.inference_mode():
+        return e._prefill(0, prompt, every)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_prefill_by_the_kernel_equals_torchs_in_chunks_and_whole(shape, monkeypatch):
+    """A prompt of 70 tokens in chunks of 16 rows (the last one short), every position's logits and the
+    last one's: torch's numbers to float rounding; and the keys it wrote serve the next step."""
+    m = _model(shape, seed=8)
+    prompt = [(5 * i + 1) % 96 + 1 for i in range(70)]
+    monkeypatch.setattr(cpu_kernel, "PREFILL_ROWS", 16)
+    calls = []
+    original = Engine._prefill_kernel
+    monkeypatch.setattr(Engine, "_prefill_kernel", lambda self, *a: calls.append(1) or original(self, *a))
+    for every in (False, True):
+        got = _prefill(m, EngineConfig(), prompt, every)
+        ref = _prefill(m, EngineConfig(kernel="torch"), prompt, every)
+        assert got.shape == ref.shape == ((70, 97) if every else (97,))
+        assert float((got - ref).abs().max() / ref.abs().max()) < 1e-4
+    assert len(calls) == 2
+    with torch.no_grad():  # and the model's own forward pass
+        assert float((got - m(torch.tensor([prompt]))[0]).abs().max() / ref.abs().max()) < 1e-4
+
+
+def test_long_prompts_take_torchs_prefill(monkeypatch):
+    assert cpu_kernel.prefill_limit(128) == 2048 and cpu_kernel.prefill_limit(4096) == 16384
+    m = _model("gqa", seed=9)
+    calls = []
+    original = Engine._prefill_kernel
+    monkeypatch.setattr(Engine, "_prefill_kernel", lambda self, *a: calls.append(1) or original(self, *a))
+    monkeypatch.setattr(cpu_kernel, "prefill_limit", lambda dim: 10)
+    _prefill(m, EngineConfig(), list(range(1, 11)))
+    assert len(calls) == 1
+    _prefill(m, EngineConfig(), list(range(1, 12)))
+    assert len(calls) == 1
+
+
+def test_the_vectorized_exp_is_within_a_few_ulp_of_libms():
+    """Softmax and SwiGLU use the step's own exp (a polynomial, vector lanes and scalar tail alike)."""
+    _check_exp(cpu_kernel.library())
+
+
+def _check_exp(lib):
+    x = torch.cat([torch.linspace(-87, 88, 200_003), torch.tensor([0.0, -1e-8, 1e-8, 88.3, -90.0, -1e4])])
+    out = torch.empty_like(x)
+    lib.codelm_exp_shifted(out.data_ptr(), x.data_ptr(), 0.0, x.numel())
+    ref = x.double().exp()
+    fine = x > -87.3
+    assert float(((out.double() - ref) / ref)[fine].abs().max()) < 2.4e-7  # 2 ulp (measured: 1.2e-7)
+    assert bool((out[~fine] >= 0).all() and (out[~fine] < 1.2e-38).all())  # underflow: a tiny number, never nan
+    scores = torch.linspace(-20, 5, 1001)  # a softmax's: shifted by its max, and summed
+    shifted = torch.empty_like(scores)
+    total = lib.codelm_exp_shifted(shifted.data_ptr(), scores.data_ptr(), 5.0, scores.numel())
+    assert torch.allclose(shifted.double(), (scores - 5).double().exp(), rtol=4e-7, atol=0)
+    assert abs(total - float(shifted.double().sum())) / total < 1e-6
+
+
 def test_a_row_decodes_the_same_alone_and_in_any_batch():
     """Each row's sums run in one order whatever rows share its step: bit-identical logits."""
     m = _model("gqa", seed=2)
@@ -84,8 +148,8 @@ def test_a_row_decodes_the_same_alone_and_in_any_batch():
 def test_rows_beyond_the_kernels_limit_take_the_torch_path(monkeypatch):
     m = _model("mha", seed=3)
     calls = []
-    original = cpu_kernel.DecodeKernel.__call__
-    monkeypatch.setattr(cpu_kernel.DecodeKernel, "__call__", lambda self, *a: calls.append(1) or original(self, *a))
+    original = Engine._decode_kernel
+    monkeypatch.setattr(Engine, "_decode_kernel", lambda self, *a: calls.append(1) or original(self, *a))
     monkeypatch.setattr(cpu_kernel, "MAX_ROWS", 4)
     big = _step_logits(m, EngineConfig(max_batch=5), 5)
     assert not calls
@@ -131,6 +195,16 @@ def test_without_a_compiler_the_torch_path_runs_and_says_so_once(tmp_path, monke
     assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-built left behind
 
 
+def test_with_the_c_step_the_weights_are_not_copied_a_second_time():
+    """fp32 memory with the C step: the model's tensors and the packed tiles, no transposed torch copy."""
+    m = _model("gqa", seed=10)
+    c_step, torch_path = Engine(m, EngineConfig()).weights, Engine(m, EngineConfig(kernel="torch")).weights
+    lins = [c_step.output] + [x for lw in c_step.layers for x in (lw.wqkv, lw.wo, lw.w13, lw.w2)]
+    assert not any(lin.transposed for lin in lins)
+    assert c_step.output.w.data_ptr() == m.output.weight.data_ptr()  # the model's own tensor
+    assert torch_path.output.transposed and torch_path.output.w.data_ptr() != m.output.weight.data_ptr()
+
+
 def test_no_room_for_the_packed_copy_keeps_the_torch_path(monkeypatch):
     m = _model("mha", seed=5)
     monkeypatch.setattr(weights, "available_memory_bytes", lambda: 1024)
@@ -149,6 +223,7 @@ def test_the_avx2_and_plain_c_builds_compute_the_same(flags, tile, tmp_path, mon
     cpu_kernel._library.cache_clear()
     try:
         assert cpu_kernel.library().codelm_tile_width() == tile
+        _check_exp(cpu_kernel.library())
         m = _model("gqa", seed=6)
         for quantize in ("none", "int8"):
             got = _step_logits(m, EngineConfig(quantize=quantize, max_batch=5), 5)

@@ -1,8 +1,11 @@
 """The engine's C decoding step (decode_step.c): compiled on this machine at first use, called through ctypes.
 
-At one to MAX_ROWS rows a decoding step of a small model is bounded by how fast its weights stream
-and by the ~25 torch ops a layer costs in dispatch; one C function per step does the whole forward
-pass (fp32 or int8 weights, fp32 everything else) with loops vectorized for this CPU.
+At one to a few rows a decoding step of a small model is bounded by how fast its weights stream and
+by the ~25 torch ops a layer costs in dispatch; one C function per step does the whole forward pass
+(fp32 or int8 weights, fp32 everything else) with loops vectorized for this CPU, for up to MAX_ROWS rows. The same
+function prefills a prompt (its tokens as rows of one cache slot, PREFILL_ROWS per call): at many
+rows its products run from cache near the FMA units' rate (~100 G multiply-adds/s at one thread on
+the development machine, an AMD EPYC whose FMA loop peaks at 122 G/s), where MKL's reached ~60 G/s.
 
 The library is built with `$CC` (default `cc`) as `-O3 -march=native -fopenmp` (AVX-512 where the CPU
 has it, AVX2 or scalar code elsewhere; without -fopenmp, then without -march=native, where the compiler
@@ -37,9 +40,21 @@ FLAGS = ("-O3", "-fopenmp-simd", "-shared", "-fPIC")
 # Tried in turn: OpenMP threads where the compiler has them, then one thread; this CPU's vector units,
 # then the compiler's default target.
 VARIANTS = (("-march=native", "-fopenmp"), ("-march=native",), ())
-# Rows decoded by the C step at most; more take the torch path. Measured at one thread (15M and 110M
-# shapes): the C step's products still ran 1.3-1.9x faster than MKL's at 32 and 64 rows.
-MAX_ROWS = 64
+# Rows decoded by the C step at most (more take the torch path), and prompt tokens per call of it in a
+# prefill: its scratch grows with the rows of a call. Measured at one thread (15M and 110M shapes, rows
+# at positions 100-150): a decoding step of 32 to 256 rows ran 2.3-2.9x faster than the torch path's.
+MAX_ROWS = 256
+PREFILL_ROWS = 256
+
+
+def prefill_limit(dim: int) -> int:
+    """The longest prompt the C step prefills; longer ones take torch's (flash) attention. Its products
+    run faster than MKL's, its attention (one query at a time) slower than torch's: measured at one thread,
+    the C prefill ran 2.2-2.8x torch's at 128-512 tokens, 1.2-1.5x at 1-2K (dim 128, 256, 768 models),
+    0.86-0.89x at 4K (dim 128, 256)."""
+    return max(2048, 4 * dim)
+
+
 # Multiply-adds from which a product or attention is split over torch's thread count: only 7B-class
 # products (4096 x 4096 and up). Smaller steps stay on one thread: split from 1M up on this shared
 # 2-core machine (2 threads, other jobs running), a 15M-shape batch-1 step took 70 ms against 3 ms, and
@@ -109,11 +124,13 @@ def _library(cc: str) -> ctypes.CDLL | None:
             except OSError as e:
                 errors.append(str(e))
                 continue
-            lib.codelm_decode.restype = None
-            lib.codelm_decode.argtypes = [ctypes.POINTER(_Model), ctypes.c_int64] + [ctypes.c_void_p] * 6 + [
-                ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+            lib.codelm_forward.restype = None
+            lib.codelm_forward.argtypes = [ctypes.POINTER(_Model), ctypes.c_int64] + [ctypes.c_void_p] * 7 + [
+                ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
             lib.codelm_scratch_floats.restype = lib.codelm_tile_width.restype = ctypes.c_int64
             lib.codelm_openmp.restype = ctypes.c_int64
+            lib.codelm_exp_shifted.restype = ctypes.c_float
+            lib.codelm_exp_shifted.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_int64]
             lib.codelm_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int64, ctypes.c_int64]
             return lib
         errors.append(error)
@@ -177,20 +194,27 @@ class DecodeKernel:
         self.scratch = torch.empty(0)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor | None,
-                 sin: torch.Tensor | None, alibi: torch.Tensor | None, kv: torch.Tensor) -> torch.Tensor:
-        """Logits [B, V] for tokens [B] at positions [B] (int64); cos/sin [B, head_dim] fp32 rows (or None
-        and ALiBi's slopes [n_heads]); kv the engine's cache, whose slot b belongs to row b."""
+                 sin: torch.Tensor | None, alibi: torch.Tensor | None, kv: torch.Tensor,
+                 slots: torch.Tensor | None = None, logits_from: int = 0) -> torch.Tensor:
+        """Logits [B - logits_from, V] for tokens [B] at positions [B] (int64), row b in cache slot
+        slots[b] (default b); cos/sin [B, head_dim] fp32 rows (or None and ALiBi's slopes [n_heads]); kv
+        the engine's cache. Rows of one slot at consecutive positions are a prompt's prefill (see
+        codelm_forward); logits only for rows logits_from.. (a prefill wants its last row's)."""
         B = tokens.shape[0]
         self.model.threads = torch.get_num_threads()  # as many as torch's products would use
-        if not (B <= kv.shape[2] and kv.is_contiguous() and kv.dtype == torch.float32 and tokens.dtype == torch.int64
-                and positions.dtype == torch.int64 and int(positions.max()) < kv.shape[4]):
+        top = int(positions.max())
+        if not (kv.is_contiguous() and kv.dtype == torch.float32 and tokens.dtype == torch.int64
+                and positions.dtype == torch.int64 and top < kv.shape[4] and int(positions.min()) >= 0
+                and (B <= kv.shape[2] if slots is None else
+                     slots.dtype == torch.int64 and int(slots.max()) < kv.shape[2] and int(slots.min()) >= 0)):
             raise ValueError("decode kernel: tokens, positions or cache do not fit the kernel's layout")
         need = self.lib.codelm_scratch_floats(ctypes.byref(self.model), B, kv.shape[4])
         if self.scratch.numel() < need:
             self.scratch = torch.empty(need, dtype=torch.float32)
-        logits = torch.empty(B, self.vocab, dtype=torch.float32)
-        self.lib.codelm_decode(ctypes.byref(self.model), B, _ptr(tokens), _ptr(positions), _ptr(cos), _ptr(sin),
-                               _ptr(alibi), _ptr(kv), kv.shape[2], kv.shape[4], _ptr(self.scratch), _ptr(logits))
+        logits = torch.empty(max(B - logits_from, 0), self.vocab, dtype=torch.float32)
+        self.lib.codelm_forward(ctypes.byref(self.model), B, _ptr(tokens), _ptr(positions), _ptr(slots), _ptr(cos),
+                                _ptr(sin), _ptr(alibi), _ptr(kv), kv.shape[2], kv.shape[4], _ptr(self.scratch),
+                                _ptr(logits), logits_from)
         return logits
 
 

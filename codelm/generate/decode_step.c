@@ -1,21 +1,22 @@
-/* One decoding step of the Llama network for B rows, in plain C: codelm's CPU fast path.
+/* The Llama network's forward pass for B rows, one token each, in plain C: codelm's CPU fast path.
 
    codelm/generate/cpu_kernel.py compiles this file on the user's machine at first use (cc -O3
    -march=native -fopenmp: AVX-512 intrinsics where the CPU has AVX-512F, AVX2 + FMA ones where it has
-   those, plain C elsewhere, chosen below by the compiler's own macros) and calls codelm_decode() from
-   the engine's decoding step. It does, for B rows, each
-   at its own position in its own KV-cache slot, what codelm/generate/engine.py's torch path does: the
-   embedding row; per layer RMSNorm, the fused q/k/v projection, RoPE on q and k (rotate-half layout,
-   cos and signed-sin rows given by the caller) or ALiBi's distance bias, the new key and value written
-   to the cache, attention of each row over its own pos+1 entries (grouped-query: query head h reads
-   kv head h / (H / n_kv)), wo + residual, RMSNorm, the fused gate/up projection, SwiGLU, w2 + residual;
-   the final norm and the output projection to fp32 logits.
+   those, plain C elsewhere, chosen below by the compiler's own macros) and calls codelm_forward() for
+   the engine's decoding steps (rows in distinct KV-cache slots, each at its own position) and prefills
+   (a prompt's tokens as rows of one slot at consecutive positions). It does what
+   codelm/generate/engine.py's torch path does: the embedding row; per layer RMSNorm, the fused q/k/v
+   projection, RoPE on q and k (rotate-half layout, cos and signed-sin rows given by the caller) or
+   ALiBi's distance bias, the new keys and values written to the cache, attention of each row over its
+   slot's first pos+1 entries (grouped-query: query head h reads kv head h / (H / n_kv)), wo + residual,
+   RMSNorm, the fused gate/up projection, SwiGLU, w2 + residual; the final norm and the output
+   projection to fp32 logits.
 
    Weights are fp32, or int8 with one fp32 scale per output row (the engine's per-channel int8), packed
    by the caller in tiles of codelm_tile_width() output rows (see matvec). A product reads each weight
-   once per step for all B rows. Sums run in another order than torch's, so results match the torch
-   path to float rounding, not bit for bit; each row's sums run in one order whatever rows share its
-   step. No -ffast-math. */
+   from memory once per call for all B rows. Sums run in another order than torch's, and exp is a
+   polynomial (within 2 ulp of libm's), so results match the torch path to float rounding, not bit for
+   bit; each row's sums run in one order whatever rows share its call. No -ffast-math. */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -43,6 +44,7 @@ typedef struct {
    them and waiting at the end; one thread runs no parallel region. Built without it: one thread. */
 #define PRAGMA(x) _Pragma(#x)
 #ifdef _OPENMP
+#include <omp.h>
 #define PARALLEL_FOR(m, work) \
     PRAGMA(omp parallel for schedule(static) num_threads(m->threads) if(m->threads > 1 && (work) >= m->parallel_work))
 #else
@@ -71,6 +73,10 @@ typedef __m512 vf;
 #define VSTORE(p, v) _mm512_storeu_ps(p, v)
 #define VLOAD_F32(p) _mm512_loadu_ps(p)
 #define VLOAD_I8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define VMIN(a, b) _mm512_min_ps(a, b)
+#define VMAX(a, b) _mm512_max_ps(a, b)
+#define VFLOOR(a) _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)
+#define VPOW2(y, n) _mm512_scalef_ps(y, n)
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define VW 8
@@ -81,6 +87,11 @@ typedef __m256 vf;
 #define VSTORE(p, v) _mm256_storeu_ps(p, v)
 #define VLOAD_F32(p) _mm256_loadu_ps(p)
 #define VLOAD_I8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define VMIN(a, b) _mm256_min_ps(a, b)
+#define VMAX(a, b) _mm256_max_ps(a, b)
+#define VFLOOR(a) _mm256_floor_ps(a)
+#define VPOW2(y, n) ((y) * _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), \
+                                                                                  _mm256_set1_epi32(127)), 23)))
 #else
 #define VW 1
 typedef float vf;
@@ -93,31 +104,54 @@ typedef float vf;
 #endif
 
 /* Weights are packed in tiles of TW output rows: tile t is [in][TW], so a product streams memory in
-   order and keeps TW outputs per row of x in registers, NV vectors each (no horizontal sums). */
+   order and keeps TW outputs per row of x in registers, NV vectors each (no horizontal sums). RB rows
+   of x share each weight load: RB x NV accumulators, as many as the vector registers hold with the
+   NV weight vectors and a broadcast input beside them (32 AVX-512 registers, 16 AVX2 ones). */
 #define NV 4
 #define TW (NV * VW)
-#define RB 4 /* rows of x per pass over a tile: RB x NV accumulators */
+#if VW == 16
+#define RB 6
+#elif VW == 8
+#define RB 2
+#else
+#define RB 4
+#endif
+/* A tile is read KB inputs at a time for every row of a block of ROW_BLOCK rows (KB x TW weights: 32 KB
+   fp32 on AVX-512, in L1), so weights come from memory once per step whatever the rows, and the
+   products of a many-row step (prefill, a full batch) run from cache at the FMA units' rate. */
+#ifndef KB
+#define KB 128
+#endif
+#define ROW_BLOCK 64
+#ifndef PREFETCH
+#define PREFETCH 8192
+#endif
 
 int64_t codelm_tile_width(void) { return TW; }
 
-/* acc[r][0..TW) = sum_i x[r * in + i] * tile[i][0..TW) for r < R: one tile, R rows. */
+/* acc[r][0..TW) = (first ? 0 : acc[r]) + sum_{i<n} x[r * ldx + i] * tile[i][0..TW), for r < R. Each
+   output's sum runs in input order (an accumulator stored to acc and loaded again keeps its value), so
+   blocking changes no bit of it. */
 #define DEFINE_TILE(NAME, T, LOAD)                                                                      \
-static inline void NAME(const T *tile, int64_t in, const float *x, float acc_out[RB][TW], const int R) \
+static inline void NAME(const T *tile, int64_t n, const float *x, int64_t ldx, float (*acc)[TW],       \
+                        const int R, const int first, const char *pf)                                   \
 {                                                                                                       \
-    vf acc[RB][NV];                                                                                     \
+    vf a[RB][NV];                                                                                       \
     for (int r = 0; r < RB; r++)                                                                        \
-        for (int v = 0; v < NV; v++) acc[r][v] = VZERO();                                               \
-    for (int64_t i = 0; i < in; i++) {                                                                  \
+        for (int v = 0; v < NV; v++) a[r][v] = first || r >= R ? VZERO() : VLOAD_F32(acc[r] + v * VW); \
+    for (int64_t i = 0; i < n; i++) {                                                                   \
         const T *w = tile + i * TW;                                                                     \
+        if (pf)                                                                                         \
+            for (int c = 0; c < (int)(TW * sizeof(T)); c += 64) __builtin_prefetch(pf + i * TW * sizeof(T) + c); \
         vf w0 = LOAD(w), w1 = LOAD(w + VW), w2 = LOAD(w + 2 * VW), w3 = LOAD(w + 3 * VW);               \
         for (int r = 0; r < R; r++) {                                                                   \
-            vf xr = VSET1(x[r * in + i]);                                                               \
-            acc[r][0] = VFMA(w0, xr, acc[r][0]); acc[r][1] = VFMA(w1, xr, acc[r][1]);                   \
-            acc[r][2] = VFMA(w2, xr, acc[r][2]); acc[r][3] = VFMA(w3, xr, acc[r][3]);                   \
+            vf xr = VSET1(x[r * ldx + i]);                                                              \
+            a[r][0] = VFMA(w0, xr, a[r][0]); a[r][1] = VFMA(w1, xr, a[r][1]);                           \
+            a[r][2] = VFMA(w2, xr, a[r][2]); a[r][3] = VFMA(w3, xr, a[r][3]);                           \
         }                                                                                               \
     }                                                                                                   \
     for (int r = 0; r < R; r++)                                                                         \
-        for (int v = 0; v < NV; v++) VSTORE(acc_out[r] + v * VW, acc[r][v]);                            \
+        for (int v = 0; v < NV; v++) VSTORE(acc[r] + v * VW, a[r][v]);                                  \
 }
 
 DEFINE_TILE(tile_f32, float, VLOAD_F32)
@@ -128,31 +162,44 @@ DEFINE_TILE(tile_i8, int8_t, VLOAD_I8)
 static void matvec(const Model *m, const void *W, const float *scale, int64_t out, int64_t in,
                    const float *x, int64_t B, float *y, int add)
 {
-    const int64_t tiles = (out + TW - 1) / TW;
+    const int64_t tiles = (out + TW - 1) / TW, wbytes = m->int8 ? 1 : 4;
     PARALLEL_FOR(m, out * in * B)
     for (int64_t t = 0; t < tiles; t++) {
-        float acc[RB][TW];
-        int64_t o0 = t * TW, n = out - o0 < TW ? out - o0 : TW;
-        for (int64_t b = 0; b < B; b += RB) {
-            const int R = B - b < RB ? (int)(B - b) : RB;
-            /* a constant R lets the compiler unroll the row loop and keep acc in registers */
-#define TILE_ROWS(FN, T)                                                                \
-            do {                                                                        \
-                const T *t = (const T *)W + o0 * in;                                    \
-                switch (R) {                                                            \
-                case 1: FN(t, in, x + b * in, acc, 1); break;                           \
-                case 2: FN(t, in, x + b * in, acc, 2); break;                           \
-                case 3: FN(t, in, x + b * in, acc, 3); break;                           \
-                default: FN(t, in, x + b * in, acc, 4); break;                          \
-                }                                                                       \
-            } while (0)
-            if (m->int8)
-                TILE_ROWS(tile_i8, int8_t);
-            else
-                TILE_ROWS(tile_f32, float);
+        float acc[ROW_BLOCK][TW];
+        const int64_t o0 = t * TW, n = out - o0 < TW ? out - o0 : TW;
+        const char *tile = (const char *)W + o0 * in * wbytes;
+        for (int64_t b0 = 0; b0 < B; b0 += ROW_BLOCK) {
+            const int64_t nb = B - b0 < ROW_BLOCK ? B - b0 : ROW_BLOCK;
+            for (int64_t k0 = 0; k0 < in; k0 += KB) {
+                const int64_t kn = in - k0 < KB ? in - k0 : KB;
+                for (int64_t b = 0; b < nb; b += RB) {
+                    const int R = nb - b < RB ? (int)(nb - b) : RB;
+                    const float *xb = x + (b0 + b) * in + k0;
+                    /* the first row group fetches weights PREFETCH bytes ahead of the stream, so memory runs
+                       beside the arithmetic (a prefetch past the weights' end is a hint, never a fault) */
+                    const char *pf = b == 0 ? tile + k0 * TW * wbytes + PREFETCH : NULL;
+                    /* a constant R lets the compiler unroll the row loop and keep the accumulators in registers */
+#define TILE_ROWS(FN, T)                                                                                  \
+                    do {                                                                                  \
+                        const T *w = (const T *)(tile + k0 * TW * wbytes);                                \
+                        switch (R) {                                                                      \
+                        case 1: FN(w, kn, xb, in, acc + b, 1 < RB ? 1 : RB, k0 == 0, pf); break;          \
+                        case 2: FN(w, kn, xb, in, acc + b, 2 < RB ? 2 : RB, k0 == 0, pf); break;          \
+                        case 3: FN(w, kn, xb, in, acc + b, 3 < RB ? 3 : RB, k0 == 0, pf); break;          \
+                        case 4: FN(w, kn, xb, in, acc + b, 4 < RB ? 4 : RB, k0 == 0, pf); break;          \
+                        case 5: FN(w, kn, xb, in, acc + b, 5 < RB ? 5 : RB, k0 == 0, pf); break;          \
+                        default: FN(w, kn, xb, in, acc + b, RB, k0 == 0, pf); break;                      \
+                        }                                                                                 \
+                    } while (0)
+                    if (m->int8)
+                        TILE_ROWS(tile_i8, int8_t);
+                    else
+                        TILE_ROWS(tile_f32, float);
 #undef TILE_ROWS
-            for (int r = 0; r < R; r++) {
-                float *dst = y + (b + r) * out + o0;
+                }
+            }
+            for (int64_t r = 0; r < nb; r++) {
+                float *dst = y + (b0 + r) * out + o0;
                 for (int64_t j = 0; j < n; j++) {
                     float v = scale ? acc[r][j] * scale[o0 + j] : acc[r][j];
                     dst[j] = add ? dst[j] + v : v;
@@ -186,54 +233,240 @@ static void rope(float *x, const float *cos, const float *sin, int64_t D)
     }
 }
 
-/* One query head over n cached positions: out[D] = softmax(q.k_j / sqrt(D) + bias_j) . v_j. */
+/* The sum of a vector's lanes (tree order, fixed per build). */
+#if VW == 16
+#define VSUM(v) _mm512_reduce_add_ps(v)
+#elif VW == 8
+static inline float VSUM(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+#else
+#define VSUM(v) (v)
+#endif
+
+/* out[0..4) = the lane sums of a0..a3, by one shuffle tree for the four (a quarter of four VSUMs' work). */
+static inline void vsum4(float *out, vf a0, vf a1, vf a2, vf a3)
+{
+#if VW == 16
+    __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1)); /* a0 a1 a0 a1 per 128 bits */
+    __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    __m512 s = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xEE)); /* a0 a1 a2 a3 */
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1));
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), hi);
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+#elif VW == 8
+    __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3)); /* a0 a1 a2 a3 per 128 bits */
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
+#else
+    out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
+#endif
+}
+
+/* exp of each lane: Cephes' expf (2^n times a degree-7 polynomial of the remainder, within 2 ulp of
+   libm's expf), since libm's one call per float cost more than the products of a step's softmax and
+   SwiGLU. Inputs clamped to [-87.3, 88.37] (2^n stays a normal float): what underflows gives ~1e-38 instead of 0. */
+#if VW > 1
+static inline vf VEXP(vf x)
+{
+    x = VMIN(VMAX(x, VSET1(-87.33654f)), VSET1(88.37f));
+    vf n = VFLOOR(VFMA(x, VSET1(1.44269504088896341f), VSET1(0.5f)));
+    x = VFMA(n, VSET1(-0.693359375f), x);
+    x = VFMA(n, VSET1(2.12194440e-4f), x);
+    vf y = VSET1(1.9875691500E-4f);
+    y = VFMA(y, x, VSET1(1.3981999507E-3f));
+    y = VFMA(y, x, VSET1(8.3334519073E-3f));
+    y = VFMA(y, x, VSET1(4.1665795894E-2f));
+    y = VFMA(y, x, VSET1(1.6666665459E-1f));
+    y = VFMA(y, x, VSET1(5.0000001201E-1f));
+    y = VFMA(y, x * x, x + VSET1(1.f));
+    return VPOW2(y, n);
+}
+#endif
+static inline float exp1(float x)
+{
+#if VW > 1
+    vf v = VEXP(VSET1(x));
+    float out[VW];
+    VSTORE(out, v);
+    return out[0];
+#else
+    return expf(x);
+#endif
+}
+
+/* out[i] = exp(x[i] - shift) for i < n; returns their sum (lanes, then the tail). Exported for the
+   tests, which hold it to libm's exp. */
+float codelm_exp_shifted(float *out, const float *x, float shift, int64_t n)
+{
+    int64_t i = 0;
+    float sum = 0.f;
+#if VW > 1
+    vf acc = VZERO(), s = VSET1(shift);
+    for (; i + VW <= n; i += VW) {
+        vf e = VEXP(VLOAD_F32(x + i) - s);
+        VSTORE(out + i, e);
+        acc = acc + e;
+    }
+    sum = VSUM(acc);
+#endif
+    for (; i < n; i++) {
+        out[i] = exp1(x[i] - shift);
+        sum += out[i];
+    }
+    return sum;
+}
+
+/* a[i] = silu(gate[i]) * up[i] = gate / (1 + exp(-gate)) * up, for i < n. */
+static void swiglu(float *a, const float *gate, const float *up, int64_t n)
+{
+    int64_t i = 0;
+#if VW > 1
+    for (; i + VW <= n; i += VW) {
+        vf g = VLOAD_F32(gate + i);
+        VSTORE(a + i, g / (VSET1(1.f) + VEXP(VZERO() - g)) * VLOAD_F32(up + i));
+    }
+#endif
+    for (; i < n; i++) a[i] = gate[i] / (1.f + exp1(-gate[i])) * up[i];
+}
+
+/* q . k over D floats, D a multiple of VW: vector partial sums, then their lanes. */
+static inline float dot(const float *q, const float *k, int64_t D)
+{
+    vf a = VZERO();
+    for (int64_t d = 0; d < D; d += VW) a = VFMA(VLOAD_F32(q + d), VLOAD_F32(k + d), a);
+    return VSUM(a);
+}
+
+/* Cached keys and values are read this many bytes ahead of use: a step reads every row's own cache,
+   one short stream per (row, head), too short for the hardware's prefetcher to get ahead of. */
+#ifndef KV_PREFETCH
+#define KV_PREFETCH 4096
+#endif
+
+/* out[0 .. NVEC * VW) = inv * sum_{j<n} p[j] V[j * D + ..]: NVEC vectors of one head's output held in
+   registers across the keys; where NVEC is small, keys alternate between two or four sets of
+   accumulators (summed at the end), so consecutive keys' multiply-adds do not wait on each other. */
+static inline void weighted_values(float *out, const float *p, const float *V, int64_t n, int64_t D,
+                                   const int NVEC, float inv)
+{
+    const int sets = NVEC == 1 ? 4 : NVEC < 4 ? 2 : 1;
+    vf o[4][4];
+    for (int k = 0; k < sets; k++)
+        for (int v = 0; v < NVEC; v++) o[k][v] = VZERO();
+    int64_t j = 0;
+    for (; j + sets <= n; j += sets)
+        for (int k = 0; k < sets; k++) {
+            if (k == 0)
+                for (int c = 0; c < (int)(sets * NVEC * VW * sizeof(float)); c += 64)
+                    __builtin_prefetch((const char *)(V + j * D) + KV_PREFETCH + c);
+            vf pj = VSET1(p[j + k]);
+            for (int v = 0; v < NVEC; v++) o[k][v] = VFMA(pj, VLOAD_F32(V + (j + k) * D + v * VW), o[k][v]);
+        }
+    for (; j < n; j++)
+        for (int v = 0; v < NVEC; v++) o[0][v] = VFMA(VSET1(p[j]), VLOAD_F32(V + j * D + v * VW), o[0][v]);
+    for (int v = 0; v < NVEC; v++) {
+        for (int k = 1; k < sets; k++) o[0][v] = o[0][v] + o[k][v];
+        VSTORE(out + v * VW, o[0][v] * VSET1(inv));
+    }
+}
+
+/* One query head over n cached positions: out[D] = softmax(q.k_j / sqrt(D) + bias_j) . v_j.
+   Memory-bound at a full batch (every row reads its own keys and values), so the loops keep several
+   independent sums in flight: four keys' dot products at a time, and the output's vectors held in
+   registers across the keys. Each key's dot product runs in one order, whatever its neighbours. */
 static void attend(float *out, const float *q, const float *K, const float *V, int64_t n, int64_t D,
                    float slope, int64_t pos, float *scores)
 {
     float scale = 1.f / sqrtf((float)D), mx = -INFINITY;
-    for (int64_t j = 0; j < n; j++) {
-        const float *k = K + j * D;
-        float s = 0.f;
-        #pragma omp simd reduction(+:s)
-        for (int64_t d = 0; d < D; d++) s += q[d] * k[d];
-        s = s * scale - slope * (float)(pos - j);
+    if (D % VW == 0) {
+        int64_t j = 0;
+        for (; j + 4 <= n; j += 4) {
+            const float *k = K + j * D;
+            for (int64_t c = 0; c < 4 * D * (int64_t)sizeof(float); c += 64)
+                __builtin_prefetch((const char *)k + KV_PREFETCH + c);
+            vf a0 = VZERO(), a1 = VZERO(), a2 = VZERO(), a3 = VZERO();
+            for (int64_t d = 0; d < D; d += VW) {
+                vf qd = VLOAD_F32(q + d);
+                a0 = VFMA(qd, VLOAD_F32(k + d), a0);
+                a1 = VFMA(qd, VLOAD_F32(k + D + d), a1);
+                a2 = VFMA(qd, VLOAD_F32(k + 2 * D + d), a2);
+                a3 = VFMA(qd, VLOAD_F32(k + 3 * D + d), a3);
+            }
+            vsum4(scores + j, a0, a1, a2, a3);
+        }
+        for (; j < n; j++) scores[j] = dot(q, K + j * D, D);
+    } else {
+        for (int64_t j = 0; j < n; j++) {
+            float s = 0.f;
+            for (int64_t d = 0; d < D; d++) s += q[d] * K[j * D + d];
+            scores[j] = s;
+        }
+    }
+    int64_t j = 0;
+#if VW > 1
+    if (slope == 0.f) {  /* RoPE: no bias, so scale and max a vector at a time */
+        vf m = VSET1(-INFINITY), sc = VSET1(scale);
+        for (; j + VW <= n; j += VW) {
+            vf s = VLOAD_F32(scores + j) * sc;
+            VSTORE(scores + j, s);
+            m = VMAX(m, s);
+        }
+        float lanes[VW];
+        VSTORE(lanes, m);
+        for (int i = 0; i < VW; i++) mx = lanes[i] > mx ? lanes[i] : mx;
+    }
+#endif
+    for (; j < n; j++) {
+        float s = scores[j] * scale - slope * (float)(pos - j);
         scores[j] = s;
         mx = s > mx ? s : mx;
     }
-    float sum = 0.f;
-    for (int64_t j = 0; j < n; j++) {
-        scores[j] = expf(scores[j] - mx);
-        sum += scores[j];
-    }
-    memset(out, 0, (size_t)D * sizeof(float));
-    for (int64_t j = 0; j < n; j++) {
-        const float *v = V + j * D;
-        float p = scores[j] / sum;
-        #pragma omp simd
-        for (int64_t d = 0; d < D; d++) out[d] += p * v[d];
+    const float inv = 1.f / codelm_exp_shifted(scores, scores, mx, n);
+    int64_t d = 0;
+    if (D % VW == 0)
+        for (; d < D; d += 4 * VW)
+            switch ((D - d) / VW) {
+            case 1: weighted_values(out + d, scores, V + d, n, D, 1, inv); break;
+            case 2: weighted_values(out + d, scores, V + d, n, D, 2, inv); break;
+            case 3: weighted_values(out + d, scores, V + d, n, D, 3, inv); break;
+            default: weighted_values(out + d, scores, V + d, n, D, 4, inv); break;
+            }
+    for (; d < D; d++) {
+        float o = 0.f;
+        for (int64_t j = 0; j < n; j++) o += scores[j] * V[j * D + d];
+        out[d] = o * inv;
     }
 }
 
 /* --------------------------------------------------------------------------- the step */
 
-/* Floats of scratch codelm_decode needs for B rows and a cache of `cap` positions per slot. */
+/* Floats of scratch codelm_forward needs for B rows and a cache of `cap` positions per slot. */
 int64_t codelm_scratch_floats(const Model *m, int64_t B, int64_t cap)
 {
-    int64_t qkv = (m->n_heads + 2 * m->n_kv) * m->head_dim;
-    return B * (2 * m->dim + qkv + m->n_heads * m->head_dim + 3 * m->hidden + m->n_heads * cap);
+    int64_t qkv = (m->n_heads + 2 * m->n_kv) * m->head_dim, threads = m->threads > 1 ? m->threads : 1;
+    return B * (2 * m->dim + qkv + m->n_heads * m->head_dim + 3 * m->hidden) + threads * cap;
 }
 
-/* Logits [B, vocab] of one new token per row. Row b sits in cache slot b at position pos[b] (its
-   pos[b] earlier entries written); kv is the engine's cache [layers, 2, slots, n_kv, cap, head_dim].
-   cos/sin: [B, head_dim] rows of RoPE tables (signed sin), or NULL with `alibi` the heads' slopes. */
-void codelm_decode(const Model *m, int64_t B, const int64_t *tokens, const int64_t *pos,
-                   const float *cos, const float *sin, const float *alibi,
-                   float *kv, int64_t slots, int64_t cap, float *scratch, float *logits)
+/* One token for each of B rows: row b's token tokens[b] at position pos[b] in cache slot slot[b] (slot
+   b where slot is NULL). kv is the engine's cache [layers, 2, slots, n_kv, cap, head_dim]; a row sees
+   the entries 0..pos[b] of its slot, its own among them, so rows of one slot at consecutive positions
+   are a prompt's prefill (every row's keys are written before any row attends), and rows of distinct
+   slots are a decoding step. cos/sin: [B, head_dim] rows of RoPE tables (signed sin), or NULL with
+   `alibi` the heads' slopes. Logits [B - first_logits, vocab] of rows first_logits..B-1 (a prefill
+   needs only its last row's; B: none). */
+void codelm_forward(const Model *m, int64_t B, const int64_t *tokens, const int64_t *pos, const int64_t *slot,
+                    const float *cos, const float *sin, const float *alibi, float *kv, int64_t slots,
+                    int64_t cap, float *scratch, float *logits, int64_t first_logits)
 {
     const int64_t dim = m->dim, H = m->n_heads, KV = m->n_kv, D = m->head_dim, F = m->hidden;
     const int64_t nqkv = (H + 2 * KV) * D, group = H / KV;
     float *h = scratch, *xb = h + B * dim, *qkv = xb + B * dim, *att = qkv + B * nqkv;
-    float *hb = att + B * H * D, *act = hb + B * 2 * F, *scores = act + B * F; /* [B * H][cap] */
+    float *hb = att + B * H * D, *act = hb + B * 2 * F, *scores = act + B * F; /* [threads][cap] */
+    int64_t longest = 0;
+    for (int64_t b = 0; b < B; b++) longest = pos[b] > longest ? pos[b] : longest;
 
     for (int64_t b = 0; b < B; b++)
         memcpy(h + b * dim, m->emb + tokens[b] * dim, (size_t)dim * sizeof(float));
@@ -246,31 +479,36 @@ void codelm_decode(const Model *m, int64_t B, const int64_t *tokens, const int64
         matvec(m, p[1], p[2], nqkv, dim, xb, B, qkv, 0);
         for (int64_t b = 0; b < B; b++) {
             float *r = qkv + b * nqkv;
+            const int64_t s = slot ? slot[b] : b;
             if (cos)
                 for (int64_t hd = 0; hd < H + KV; hd++) rope(r + hd * D, cos + b * D, sin + b * D, D);
             for (int64_t g = 0; g < KV; g++) {
-                int64_t at = ((b * KV + g) * cap + pos[b]) * D;
+                int64_t at = ((s * KV + g) * cap + pos[b]) * D;
                 memcpy(Kl + at, r + (H + g) * D, (size_t)D * sizeof(float));
                 memcpy(Vl + at, r + (H + KV + g) * D, (size_t)D * sizeof(float));
             }
         }
-        PARALLEL_FOR(m, B * H * (pos[0] + 1) * D * 2)
+        PARALLEL_FOR(m, B * H * (longest + 1) * D * 2)
         for (int64_t bh = 0; bh < B * H; bh++) {
-            int64_t b = bh / H, hd = bh % H, base = (b * KV + hd / group) * cap * D;
+            int64_t b = bh / H, hd = bh % H, base = ((slot ? slot[b] : b) * KV + hd / group) * cap * D;
+#ifdef _OPENMP
+            float *mine = scores + omp_get_thread_num() * cap;
+#else
+            float *mine = scores;
+#endif
             attend(att + bh * D, qkv + b * nqkv + hd * D, Kl + base, Vl + base, pos[b] + 1, D,
-                   alibi ? alibi[hd] : 0.f, pos[b], scores + bh * cap);
+                   alibi ? alibi[hd] : 0.f, pos[b], mine);
         }
         matvec(m, p[3], p[4], dim, H * D, att, B, h, 1);
 
         for (int64_t b = 0; b < B; b++) rmsnorm(xb + b * dim, h + b * dim, p[5], dim, m->eps);
         matvec(m, p[6], p[7], 2 * F, dim, xb, B, hb, 0);
-        for (int64_t b = 0; b < B; b++) {
-            const float *gate = hb + b * 2 * F, *up = gate + F;
-            float *a = act + b * F;
-            for (int64_t i = 0; i < F; i++) a[i] = gate[i] / (1.f + expf(-gate[i])) * up[i];
-        }
+        for (int64_t b = 0; b < B; b++) swiglu(act + b * F, hb + b * 2 * F, hb + b * 2 * F + F, F);
         matvec(m, p[8], p[9], dim, F, act, B, h, 1);
     }
-    for (int64_t b = 0; b < B; b++) rmsnorm(xb + b * dim, h + b * dim, m->norm, dim, m->eps);
-    matvec(m, m->out_w, m->out_s, m->vocab, dim, xb, B, logits, 0);
+    const int64_t first = first_logits < 0 ? 0 : first_logits;
+    if (first >= B)
+        return;
+    for (int64_t b = first; b < B; b++) rmsnorm(xb + b * dim, h + b * dim, m->norm, dim, m->eps);
+    matvec(m, m->out_w, m->out_s, m->vocab, dim, xb + first * dim, B - first, logits, 0);
 }

@@ -16,7 +16,8 @@ there instead of being prefilled again.
 The forward pass here runs the model's weights as `weights.prepare` laid them out (fp32, bf16 or int8,
 fused q/k/v and gate/up projections, fused RMSNorm): the model file stays the plain reference network.
 On a CPU a decoding step of fp32 or int8 weights is one call of the C step (cpu_kernel.py), compiled
-for this machine at first use; prefill, bf16, GPUs and the fallback run the torch code below.
+for this machine at first use, and so is the prefill of a prompt of up to cpu_kernel.prefill_limit
+tokens (PREFILL_ROWS tokens per call); longer prompts, bf16, GPUs and the fallback run the torch code below.
 """
 from __future__ import annotations
 
@@ -66,12 +67,16 @@ _PREPARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def prepared(model, config: EngineConfig) -> Weights:
     """The model's weights for `config`, prepared once per model and format, and again after its weights
-    changed (moved, replaced, or trained in place: a tensor's version counter counts in-place writes)."""
+    changed (moved, replaced, or trained in place: a tensor's version counter counts in-place writes).
+    Where the C step can run, no transposed fp32 copy is made: the C step packs its own, and the torch
+    path is left only long prompts and many rows, whose products need no other layout."""
     per_model = _PREPARED.setdefault(model, {})
-    key = (config.dtype, config.quantize)
+    key = (config.dtype, config.quantize, config.kernel)
     stamp = tuple((p.data_ptr(), p._version, p.device) for p in model.parameters())
     if key not in per_model or per_model[key][0] != stamp:
-        per_model[key] = (stamp, prepare(model, config))
+        c_step = config.kernel != "torch" and model.tok_embeddings.weight.device.type == "cpu" \
+            and cpu_kernel.library() is not None
+        per_model[key] = (stamp, prepare(model, config, transpose=not c_step))
     return per_model[key][1]
 
 
@@ -254,6 +259,8 @@ class Engine:
     def _prefill(self, slot: int, prompt: list[int], every: bool = False) -> torch.Tensor:
         """Run one prompt, writing its keys/values to `slot`; the last position's logits [V] (every: [T, V])."""
         T = len(prompt)
+        if self.kernel is not None and T <= cpu_kernel.prefill_limit(self.model.config.dim):
+            return self._prefill_kernel(slot, prompt, every)
         ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
         cos, sin = self._rope(None, T)
         bias = None
@@ -323,6 +330,21 @@ class Engine:
             cos, sin = cos.reshape(len(tokens), -1).contiguous(), sin.reshape(len(tokens), -1).contiguous()
         slopes = self.model.alibi_slopes.float().contiguous() if self.model.alibi else None
         return self.kernel(torch.tensor(tokens, dtype=torch.long), pos, cos, sin, slopes, self.kv)
+
+    def _prefill_kernel(self, slot: int, prompt: list[int], every: bool) -> torch.Tensor:
+        """_prefill by the C step: the prompt's tokens as rows of one slot, PREFILL_ROWS at a time."""
+        out, T, step = [], len(prompt), cpu_kernel.PREFILL_ROWS
+        slopes = self.model.alibi_slopes.float().contiguous() if self.model.alibi else None
+        for start in range(0, T, step):
+            n = min(step, T - start)
+            pos = torch.arange(start, start + n, dtype=torch.long)
+            cos, sin = self._rope(pos, 1)
+            if cos is not None:
+                cos, sin = cos.reshape(n, -1).contiguous(), sin.reshape(n, -1).contiguous()
+            logits_from = 0 if every else (n - 1 if start + n == T else n)
+            out.append(self.kernel(torch.tensor(prompt[start:start + n], dtype=torch.long), pos, cos, sin, slopes,
+                                   self.kv, torch.full((n,), slot, dtype=torch.long), logits_from))
+        return torch.cat(out) if every else out[-1][0]
 
     def _attend_one(self, q, k, v, bias):
         """Attention of one query per row, as batched products (CPU SDPA kernels tile for long queries and

@@ -27,8 +27,9 @@ class EngineConfig:
         "help": "rows decoded together (KV-cache slots of continuous batching) (default: %(default)s)",
         "kind": "positive_int"})
     kernel: str = field(default="auto", metadata={
-        "help": "decoding step on a CPU: auto (C code compiled for this CPU at first use, for fp32 and int8 "
-                "weights at up to 64 rows; torch where it cannot run), or torch (default: %(default)s)",
+        "help": "forward pass on a CPU: auto (C code compiled for this CPU at first use, for fp32 and int8 "
+                "weights: decoding up to 256 rows, prompts up to 2048 tokens or 4x the model's width; torch "
+                "where it cannot run), or torch (default: %(default)s)",
         "choices": KERNELS})
 
     def __post_init__(self):

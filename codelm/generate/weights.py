@@ -152,8 +152,10 @@ class Weights:
     packed: dict = field(default_factory=dict, repr=False)  # other layouts of these weights, made once (cpu_kernel)
 
 
-def prepare(model, config: EngineConfig) -> Weights:
-    """The model's weights in the planned format (norms and embeddings kept as they are)."""
+def prepare(model, config: EngineConfig, transpose: bool = True) -> Weights:
+    """The model's weights in the planned format (norms and embeddings kept as they are). transpose: make
+    the [in, out] fp32 copy for the torch path's one-row products (when it fits; the engine passes False
+    where the C step decodes, which packs its own copy and leaves the torch path only many-row products)."""
     device = model.tok_embeddings.weight.device
     model_dtype = model.tok_embeddings.weight.dtype
     p = plan(config, device, model_dtype)
@@ -162,7 +164,7 @@ def prepare(model, config: EngineConfig) -> Weights:
     projections = [model.output.weight] + [w for b in model.layers for w in (
         b.attention.wqkv.weight, b.attention.wo.weight, b.feed_forward.w13.weight, b.feed_forward.w2.weight)]
     # The transposed fp32 copy doubles the weights' memory: a 7B model in fp32 would need 56 GB.
-    transpose = room_for_copy(sum(w.numel() for w in projections) * 4)
+    transpose = transpose and room_for_copy(sum(w.numel() for w in projections) * 4)
 
     def linear(weight):
         return Linear(weight, p, transpose)
