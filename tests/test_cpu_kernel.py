@@ -233,6 +233,32 @@ def test_the_avx2_and_plain_c_builds_compute_the_same(flags, tile, tmp_path, mon
         cpu_kernel._library.cache_clear()
 
 
+def test_rows_split_over_threads_compute_the_same():
+    """Two threads with 4+ rows each take a share of a decoding step's rows (one parallel region): each
+    row's logits bit-identical to the one-thread step, and the torch path's to float rounding."""
+    if not cpu_kernel.library().codelm_openmp():
+        pytest.skip("this compiler built the step without OpenMP")
+    m = _model("alibi", seed=11)
+    rows, threads = 9, torch.get_num_threads()
+
+    def step(config, n):
+        e = Engine(m, config)
+        e._reserve(40, rows)
+        with torch.inference_mode():
+            for slot in range(rows):
+                e._prefill(slot, [(3 * slot + 5 * i) % 90 + 1 for i in range(3 + 3 * slot)])
+            torch.set_num_threads(n)
+            try:
+                return e._decode([(7 * b) % 90 + 2 for b in range(rows)], [3 + 3 * b for b in range(rows)])
+            finally:
+                torch.set_num_threads(threads)
+
+    one, two = step(EngineConfig(max_batch=rows), 1), step(EngineConfig(max_batch=rows), 2)
+    assert torch.equal(one, two)
+    ref = step(EngineConfig(max_batch=rows, kernel="torch"), 1)
+    assert float((two - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
 def test_the_threaded_step_computes_the_same(monkeypatch):
     """Every product and attention split over two OpenMP threads (where the build has them): same logits."""
     if not cpu_kernel.library().codelm_openmp():

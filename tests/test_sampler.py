@@ -4,7 +4,7 @@ import torch
 from helpers import tiny_llama
 
 from codelm.generate.engine import generate
-from codelm.generate.sampler import SamplingParams, top_k_filter, top_p_filter
+from codelm.generate.sampler import SamplingParams, sample_next, top_k_filter, top_p_filter
 
 VOCAB = 40
 
@@ -58,6 +58,31 @@ def test_top_p_keeps_reference_set():
     assert (out > 0).tolist() == [[False, True, True, True, False]]
     assert torch.equal(top_p_filter(probs, 1.0), probs)
     assert (top_p_filter(probs, 0.01) > 0).sum() == 1  # the top token always survives
+
+
+def _sorted_top_p(probs, p):
+    """top_p_filter's definition, by a full sort."""
+    sp, idx = probs.sort(dim=-1, descending=True)
+    sp = sp.masked_fill(sp.cumsum(-1) - sp > p, 0.0)
+    out = torch.zeros_like(probs).scatter_(-1, idx, sp)
+    return out / out.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.8, 3.0, 50.0])
+def test_the_nucleus_found_among_the_top_tokens_is_the_sorted_ones(temperature):
+    """nucleus widens its top-k (256, 1024, 4096, all 5000) until the kept mass exceeds p: the same set
+    and probabilities as sorting the whole vocabulary, peaked or flat; draws come from it only."""
+    torch.manual_seed(3)
+    probs = torch.softmax(torch.randn(3, 5000) * 3 / temperature, dim=-1)
+    for p in (0.05, 0.5, 0.95, 0.999):
+        got, ref = top_p_filter(probs, p), _sorted_top_p(probs, p)
+        assert torch.equal(got > 0, ref > 0) and torch.allclose(got, ref, rtol=1e-5, atol=1e-8)
+    params = SamplingParams(temperature=1.0, top_p=0.5)
+    logits = probs.log()[:1]
+    kept = set(torch.nonzero(_sorted_top_p(probs[:1], 0.5)[0]).flatten().tolist())
+    g = torch.Generator().manual_seed(0)
+    drawn = {int(sample_next(logits, params, g)) for _ in range(200)}
+    assert drawn <= kept and (len(drawn) > 1 or len(kept) == 1)
 
 
 def test_top_k_and_seed_reproducible():

@@ -55,8 +55,10 @@ def prefill_limit(dim: int) -> int:
     return max(2048, 4 * dim)
 
 
-# Multiply-adds from which a product or attention is split over torch's thread count: only 7B-class
-# products (4096 x 4096 and up). Smaller steps stay on one thread: split from 1M up on this shared
+# Threads: a decoding step of 4+ rows per thread splits its rows over torch's thread count (one parallel
+# region per step; decode_step.c's codelm_forward). Otherwise, multiply-adds from which a product or
+# attention is split over the threads: only 7B-class products (4096 x 4096 and up) and many-row
+# prefills. Smaller steps stay on one thread: split from 1M up on this shared
 # 2-core machine (2 threads, other jobs running), a 15M-shape batch-1 step took 70 ms against 3 ms, and
 # a dim-256 model's eval generated in 105 s against 61 s unsplit (back to back, load 3-8): each of a
 # step's ~30 parallel regions can wait for a thread the OS has not scheduled.

@@ -443,11 +443,17 @@ static void attend(float *out, const float *q, const float *K, const float *V, i
 
 /* --------------------------------------------------------------------------- the step */
 
-/* Floats of scratch codelm_forward needs for B rows and a cache of `cap` positions per slot. */
+/* Floats of scratch one row takes (its stream, normed stream, q/k/v, attention output, gate/up, SwiGLU). */
+static int64_t row_floats(const Model *m)
+{
+    return 2 * m->dim + (m->n_heads + 2 * m->n_kv) * m->head_dim + m->n_heads * m->head_dim + 3 * m->hidden;
+}
+
+/* Floats of scratch codelm_forward needs for B rows and a cache of `cap` positions per slot: the rows',
+   and one row of attention scores per thread. */
 int64_t codelm_scratch_floats(const Model *m, int64_t B, int64_t cap)
 {
-    int64_t qkv = (m->n_heads + 2 * m->n_kv) * m->head_dim, threads = m->threads > 1 ? m->threads : 1;
-    return B * (2 * m->dim + qkv + m->n_heads * m->head_dim + 3 * m->hidden) + threads * cap;
+    return B * row_floats(m) + (m->threads > 1 ? m->threads : 1) * cap;
 }
 
 /* One token for each of B rows: row b's token tokens[b] at position pos[b] in cache slot slot[b] (slot
@@ -457,9 +463,9 @@ int64_t codelm_scratch_floats(const Model *m, int64_t B, int64_t cap)
    slots are a decoding step. cos/sin: [B, head_dim] rows of RoPE tables (signed sin), or NULL with
    `alibi` the heads' slopes. Logits [B - first_logits, vocab] of rows first_logits..B-1 (a prefill
    needs only its last row's; B: none). */
-void codelm_forward(const Model *m, int64_t B, const int64_t *tokens, const int64_t *pos, const int64_t *slot,
-                    const float *cos, const float *sin, const float *alibi, float *kv, int64_t slots,
-                    int64_t cap, float *scratch, float *logits, int64_t first_logits)
+static void forward(const Model *m, int64_t B, const int64_t *tokens, const int64_t *pos, const int64_t *slot,
+                    int64_t slot0, const float *cos, const float *sin, const float *alibi, float *kv,
+                    int64_t slots, int64_t cap, float *scratch, float *logits, int64_t first_logits)
 {
     const int64_t dim = m->dim, H = m->n_heads, KV = m->n_kv, D = m->head_dim, F = m->hidden;
     const int64_t nqkv = (H + 2 * KV) * D, group = H / KV;
@@ -479,7 +485,7 @@ void codelm_forward(const Model *m, int64_t B, const int64_t *tokens, const int6
         matvec(m, p[1], p[2], nqkv, dim, xb, B, qkv, 0);
         for (int64_t b = 0; b < B; b++) {
             float *r = qkv + b * nqkv;
-            const int64_t s = slot ? slot[b] : b;
+            const int64_t s = slot ? slot[b] : slot0 + b;
             if (cos)
                 for (int64_t hd = 0; hd < H + KV; hd++) rope(r + hd * D, cos + b * D, sin + b * D, D);
             for (int64_t g = 0; g < KV; g++) {
@@ -490,7 +496,7 @@ void codelm_forward(const Model *m, int64_t B, const int64_t *tokens, const int6
         }
         PARALLEL_FOR(m, B * H * (longest + 1) * D * 2)
         for (int64_t bh = 0; bh < B * H; bh++) {
-            int64_t b = bh / H, hd = bh % H, base = ((slot ? slot[b] : b) * KV + hd / group) * cap * D;
+            int64_t b = bh / H, hd = bh % H, base = ((slot ? slot[b] : slot0 + b) * KV + hd / group) * cap * D;
 #ifdef _OPENMP
             float *mine = scores + omp_get_thread_num() * cap;
 #else
@@ -511,4 +517,36 @@ void codelm_forward(const Model *m, int64_t B, const int64_t *tokens, const int6
         return;
     for (int64_t b = first; b < B; b++) rmsnorm(xb + b * dim, h + b * dim, m->norm, dim, m->eps);
     matvec(m, m->out_w, m->out_s, m->vocab, dim, xb + first * dim, B - first, logits, 0);
+}
+
+/* A decoding step's rows are independent (each in its own slot), so with several threads each takes a
+   share of the rows (ROWS_PER_THREAD at least) through the whole network: one parallel region per step,
+   where splitting every product and attention costs ~5 regions per layer, each waiting for its
+   slowest thread. Each thread reads every weight: from cache for a small model, and a step of several
+   rows per thread is bound by arithmetic, not memory. A row's numbers do not depend on the split.
+   A prefill (rows of one slot, each attending to the keys of the rows before it) splits its products
+   and attention instead, where they are large enough (m->parallel_work). */
+#define ROWS_PER_THREAD 4
+
+void codelm_forward(const Model *m, int64_t B, const int64_t *tokens, const int64_t *pos, const int64_t *slot,
+                    const float *cos, const float *sin, const float *alibi, float *kv, int64_t slots,
+                    int64_t cap, float *scratch, float *logits, int64_t first_logits)
+{
+#ifdef _OPENMP
+    const int64_t T = m->threads < B / ROWS_PER_THREAD ? m->threads : B / ROWS_PER_THREAD;
+    if (slot == NULL && first_logits <= 0 && T > 1) {
+        Model one = *m;
+        one.threads = 1;
+        const int64_t per_row = row_floats(m), D = m->head_dim;
+        PRAGMA(omp parallel for schedule(static) num_threads(T))
+        for (int64_t t = 0; t < T; t++) {
+            const int64_t b0 = B * t / T, b1 = B * (t + 1) / T;
+            forward(&one, b1 - b0, tokens + b0, pos + b0, NULL, b0, cos ? cos + b0 * D : NULL,
+                    sin ? sin + b0 * D : NULL, alibi, kv, slots, cap, scratch + b0 * per_row + t * cap,
+                    logits + b0 * m->vocab, 0);
+        }
+        return;
+    }
+#endif
+    forward(m, B, tokens, pos, slot, 0, cos, sin, alibi, kv, slots, cap, scratch, logits, first_logits);
 }
