@@ -106,7 +106,9 @@ typedef float vf;
 /* Weights are packed in tiles of TW output rows: tile t is [in][TW], so a product streams memory in
    order and keeps TW outputs per row of x in registers, NV vectors each (no horizontal sums). RB rows
    of x share each weight load: RB x NV accumulators, as many as the vector registers hold with the
-   NV weight vectors and a broadcast input beside them (32 AVX-512 registers, 16 AVX2 ones). */
+   NV weight vectors and a broadcast input beside them (32 AVX-512 registers, 16 AVX2 ones). Measured
+   on the development machine (12 dim-768 layers streamed from memory, one thread): AVX2 code with 2
+   rows ran 16 int8 rows at 47 G multiply-adds/s against 37 with 4 (spilled), fp32 at par. */
 #define NV 4
 #define TW (NV * VW)
 #if VW == 16
