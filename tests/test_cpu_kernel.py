@@ -259,6 +259,14 @@ def test_rows_split_over_threads_compute_the_same():
     assert float((two - ref).abs().max() / ref.abs().max()) < 1e-4
 
 
+def test_rows_are_split_only_where_rereading_the_weights_is_cheap(monkeypatch):
+    monkeypatch.setattr(cpu_kernel, "last_level_cache_bytes", lambda: 32 << 20)
+    assert cpu_kernel.row_threads(8, 2 << 20, 1 << 20) == 8  # 8 x 2 MB of weights fit in the cache
+    assert cpu_kernel.row_threads(8, 100 << 20, 1 << 20) == 2  # beyond it: at most twice the reads
+    assert cpu_kernel.row_threads(8, 28 << 30, cpu_kernel.PARALLEL_WORK) == 1  # 7B-class: split products
+    assert cpu_kernel.row_threads(1, 2 << 20, 1 << 20) == 1
+
+
 def test_the_threaded_step_computes_the_same(monkeypatch):
     """Every product and attention split over two OpenMP threads (where the build has them): same logits."""
     if not cpu_kernel.library().codelm_openmp():

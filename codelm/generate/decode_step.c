@@ -28,6 +28,7 @@ typedef struct {
     double eps;         /* RMSNorm's epsilon */
     int64_t threads;    /* OpenMP threads for products and attention (where built with -fopenmp) */
     int64_t parallel_work; /* multiply-adds from which a loop is split over them */
+    int64_t row_threads; /* threads a decoding step's rows may be split over (each reads every weight) */
     const float *emb;   /* [vocab, dim] */
     const float *norm;  /* final RMSNorm weight [dim] */
     const void *out_w;  /* [vocab, dim], packed */
@@ -526,8 +527,10 @@ static void forward(const Model *m, int64_t B, const int64_t *tokens, const int6
    where splitting every product and attention costs ~5 regions per layer, each waiting for its
    slowest thread. Each thread reads every weight: from cache for a small model, and a step of several
    rows per thread is bound by arithmetic, not memory. A row's numbers do not depend on the split.
-   A prefill (rows of one slot, each attending to the keys of the rows before it) splits its products
-   and attention instead, where they are large enough (m->parallel_work). */
+   Since every thread reads every weight, the caller bounds the split (m->row_threads): all threads
+   where the weights fit in the CPU's last-level cache, two otherwise, one where a single row's
+   products are large enough to be split themselves (m->parallel_work). A prefill (rows of one slot,
+   each attending to the keys of the rows before it) splits its products and attention instead. */
 #define ROWS_PER_THREAD 4
 
 void codelm_forward(const Model *m, int64_t B, const int64_t *tokens, const int64_t *pos, const int64_t *slot,
@@ -535,7 +538,8 @@ void codelm_forward(const Model *m, int64_t B, const int64_t *tokens, const int6
                     int64_t cap, float *scratch, float *logits, int64_t first_logits)
 {
 #ifdef _OPENMP
-    const int64_t T = m->threads < B / ROWS_PER_THREAD ? m->threads : B / ROWS_PER_THREAD;
+    const int64_t most = m->threads < m->row_threads ? m->threads : m->row_threads;
+    const int64_t T = most < B / ROWS_PER_THREAD ? most : B / ROWS_PER_THREAD;
     if (slot == NULL && first_logits <= 0 && T > 1) {
         Model one = *m;
         one.threads = 1;
