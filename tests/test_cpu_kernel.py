@@ -172,6 +172,25 @@ def test_built_once_into_the_cache_atomically(tmp_path, monkeypatch):
         cpu_kernel._library.cache_clear()
 
 
+def test_a_changed_header_builds_anew(tmp_path, monkeypatch):
+    """vectors.h is part of what names a build: editing it alone does not load a stale library."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in (cpu_kernel.SOURCE, cpu_kernel.SOURCE.with_name("vectors.h")):
+        (src / f.name).write_text(f.read_text())
+    monkeypatch.setattr(cpu_kernel, "SOURCE", src / "decode_step.c")
+    monkeypatch.setenv("CODELM_CACHE_DIR", str(tmp_path / "cache"))
+    cpu_kernel._library.cache_clear()
+    try:
+        assert cpu_kernel.library() is not None
+        (src / "vectors.h").write_text((src / "vectors.h").read_text() + "/* edited */\n")
+        cpu_kernel._library.cache_clear()
+        assert cpu_kernel.library() is not None
+        assert len(list((tmp_path / "cache" / "kernels").glob("decode_step-*.so"))) == 2
+    finally:
+        cpu_kernel._library.cache_clear()
+
+
 def test_without_a_compiler_the_torch_path_runs_and_says_so_once(tmp_path, monkeypatch, capsys):
     m = _model("gqa", seed=4)
     monkeypatch.setenv("CODELM_CACHE_DIR", str(tmp_path))

@@ -9,10 +9,9 @@ the development machine, an AMD EPYC whose FMA loop peaks at 122 G/s), where MKL
 
 The library is built with `$CC` (default `cc`) as `-O3 -march=native -fopenmp` (AVX-512 where the CPU
 has it, AVX2 or scalar code elsewhere; without -fopenmp, then without -march=native, where the compiler
-refuses them) into
-`<cache_root>/kernels/`, named by a hash of the source, the flags, the compiler's version and the CPU's
-flags, so a changed source, compiler or machine builds anew and a copy is never shared by two CPUs it
-was not built for. Written to a temporary file and renamed, so concurrent processes never load half a
+refuses them) into `<cache_root>/kernels/`, named by a hash of the source (and vectors.h), the flags,
+the compiler's version and the CPU's flags, so a changed source, compiler or machine builds anew and a
+copy is never shared by two CPUs it was not built for. Written to a temporary file and renamed, so concurrent processes never load half a
 library. When there is no compiler or the build fails, decoding runs on the torch path, with one
 warning line naming what is missing.
 """
@@ -35,7 +34,7 @@ from codelm.errors import warn
 from codelm.files import cache_root
 from codelm.generate.weights import Linear, Weights, cpu_flags, room_for_copy
 
-SOURCE = Path(__file__).with_name("decode_step.c")
+SOURCE = Path(__file__).with_name("decode_step.c")  # includes vectors.h, beside it
 FLAGS = ("-O3", "-fopenmp-simd", "-shared", "-fPIC")
 # Tried in turn: OpenMP threads where the compiler has them, then one thread; this CPU's vector units,
 # then the compiler's default target.
@@ -98,6 +97,11 @@ class _Model(ctypes.Structure):
         ("layers", ctypes.POINTER(ctypes.c_void_p))]
 
 
+def _source_texts() -> list[str]:
+    """decode_step.c and the headers beside it (vectors.h): what a build is named by."""
+    return [SOURCE.read_text()] + [h.read_text() for h in sorted(SOURCE.parent.glob("*.h"))]
+
+
 def _compiler_version(cc: list[str]) -> str | None:
     if not cc or shutil.which(cc[0]) is None:
         return None
@@ -140,7 +144,7 @@ def _library(cc: str) -> ctypes.CDLL | None:
     errors = []
     for variant in VARIANTS:
         flags = (*variant, *FLAGS)
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(flags), platform.machine(),
+        key = hashlib.sha256("\0".join([*_source_texts(), cc, version, " ".join(flags), platform.machine(),
                                         " ".join(sorted(cpu_flags()))]).encode()).hexdigest()[:16]
         target = cache_root() / "kernels" / f"decode_step-{key}.so"
         error = None if target.exists() else _build(shlex.split(cc), flags, target)
