@@ -36,6 +36,13 @@ def _step_logits(model, config: EngineConfig, rows: int, tokens=(3, 7, 11, 2, 5)
         return e._decode(list(tokens[:rows]), lengths)
 
 
+def _count_calls(monkeypatch, name: str) -> list:
+    """Calls of Engine.<name> (the C step's decode or prefill), counted as they run."""
+    calls, original = [], getattr(Engine, name)
+    monkeypatch.setattr(Engine, name, lambda self, *a: calls.append(1) or original(self, *a))
+    return calls
+
+
 def _model(shape: str, seed: int = 0):
     return tiny_llama(97, seed=seed, **SHAPES[shape])
 
@@ -91,9 +98,7 @@ def test_prefill_by_the_kernel_equals_torchs_in_chunks_and_whole(shape, monkeypa
     m = _model(shape, seed=8)
     prompt = [(5 * i + 1) % 96 + 1 for i in range(70)]
     monkeypatch.setattr(cpu_kernel, "PREFILL_ROWS", 16)
-    calls = []
-    original = Engine._prefill_kernel
-    monkeypatch.setattr(Engine, "_prefill_kernel", lambda self, *a: calls.append(1) or original(self, *a))
+    calls = _count_calls(monkeypatch, "_prefill_kernel")
     for every in (False, True):
         got = _prefill(m, EngineConfig(), prompt, every)
         ref = _prefill(m, EngineConfig(kernel="torch"), prompt, every)
@@ -107,9 +112,7 @@ def test_prefill_by_the_kernel_equals_torchs_in_chunks_and_whole(shape, monkeypa
 def test_long_prompts_take_torchs_prefill(monkeypatch):
     assert cpu_kernel.prefill_limit(128) == 2048 and cpu_kernel.prefill_limit(4096) == 16384
     m = _model("gqa", seed=9)
-    calls = []
-    original = Engine._prefill_kernel
-    monkeypatch.setattr(Engine, "_prefill_kernel", lambda self, *a: calls.append(1) or original(self, *a))
+    calls = _count_calls(monkeypatch, "_prefill_kernel")
     monkeypatch.setattr(cpu_kernel, "prefill_limit", lambda dim: 10)
     _prefill(m, EngineConfig(), list(range(1, 11)))
     assert len(calls) == 1
@@ -147,9 +150,7 @@ def test_a_row_decodes_the_same_alone_and_in_any_batch():
 
 def test_rows_beyond_the_kernels_limit_take_the_torch_path(monkeypatch):
     m = _model("mha", seed=3)
-    calls = []
-    original = Engine._decode_kernel
-    monkeypatch.setattr(Engine, "_decode_kernel", lambda self, *a: calls.append(1) or original(self, *a))
+    calls = _count_calls(monkeypatch, "_decode_kernel")
     monkeypatch.setattr(cpu_kernel, "MAX_ROWS", 4)
     big = _step_logits(m, EngineConfig(max_batch=5), 5)
     assert not calls

@@ -222,9 +222,9 @@ class DecodeKernel:
                             _ptr(weights.norm), out_w, out_s, ctypes.cast(self.layer_ptrs, ctypes.POINTER(ctypes.c_void_p)))
         self.weights, self.vocab = weights, c.vocab_size
         self.scratch = torch.empty(0)
-        lins = [weights.output] + [x for lw in weights.layers for x in (lw.wqkv, lw.wo, lw.w13, lw.w2)]
-        self.weight_bytes = sum(w.numel() * w.element_size() for w in (lin.rows()[0] for lin in lins))
-        self.largest_product = max(w.numel() for w in (lin.rows()[0] for lin in lins))
+        rows = [lin.rows()[0] for lin in weights.linears()]
+        self.weight_bytes = _nbytes(rows)
+        self.largest_product = max(w.numel() for w in rows)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor | None,
                  sin: torch.Tensor | None, alibi: torch.Tensor | None, kv: torch.Tensor,
@@ -256,13 +256,19 @@ def for_engine(model, weights: Weights, choice: str) -> DecodeKernel | None:
     """The C step for this model and weight format, or None where the torch path runs: `choice` "torch",
     weights not fp32/int8 on a CPU, no room for the packed copy in half the available memory (as for
     weights.py's transposed copy), or no compiler (warned once)."""
-    if choice == "torch" or weights.embeddings.device.type != "cpu" or weights.stream_dtype != torch.float32:
+    if not may_run(choice, weights.embeddings.device) or weights.stream_dtype != torch.float32:
         return None
     if weights.plan.weights not in ("float32", "int8"):
         return None
-    if not weights.packed:
-        lins = [weights.output] + [x for lw in weights.layers for x in (lw.wqkv, lw.wo, lw.w13, lw.w2)]
-        if not room_for_copy(sum(w.numel() * w.element_size() for w in (lin.rows()[0] for lin in lins))):
-            return None
-    lib = library()
-    return None if lib is None else DecodeKernel(lib, model, weights)
+    if not weights.packed and not room_for_copy(_nbytes([lin.rows()[0] for lin in weights.linears()])):
+        return None
+    return DecodeKernel(library(), model, weights)
+
+
+def may_run(choice: str, device: torch.device) -> bool:
+    """Whether the C step can run for this --kernel choice on this device: a CPU, and a compiler that built it."""
+    return choice != "torch" and device.type == "cpu" and library() is not None
+
+
+def _nbytes(tensors: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)

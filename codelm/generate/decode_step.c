@@ -338,6 +338,7 @@ static void forward(const Model *m, int64_t B, const int64_t *tokens, const int6
     float *hb = att + B * H * D, *act = hb + B * 2 * F, *scores = act + B * F; /* [threads][cap] */
     int64_t longest = 0;
     for (int64_t b = 0; b < B; b++) longest = pos[b] > longest ? pos[b] : longest;
+#define SLOT(b) (slot ? slot[b] : slot0 + (b))
 
     for (int64_t b = 0; b < B; b++)
         memcpy(h + b * dim, m->emb + tokens[b] * dim, (size_t)dim * sizeof(float));
@@ -350,18 +351,17 @@ static void forward(const Model *m, int64_t B, const int64_t *tokens, const int6
         matvec(m, p[1], p[2], nqkv, dim, xb, B, qkv, 0);
         for (int64_t b = 0; b < B; b++) {
             float *r = qkv + b * nqkv;
-            const int64_t s = slot ? slot[b] : slot0 + b;
             if (cos)
                 for (int64_t hd = 0; hd < H + KV; hd++) rope(r + hd * D, cos + b * D, sin + b * D, D);
             for (int64_t g = 0; g < KV; g++) {
-                int64_t at = ((s * KV + g) * cap + pos[b]) * D;
+                int64_t at = ((SLOT(b) * KV + g) * cap + pos[b]) * D;
                 memcpy(Kl + at, r + (H + g) * D, (size_t)D * sizeof(float));
                 memcpy(Vl + at, r + (H + KV + g) * D, (size_t)D * sizeof(float));
             }
         }
         PARALLEL_FOR(m, B * H * (longest + 1) * D * 2)
         for (int64_t bh = 0; bh < B * H; bh++) {
-            int64_t b = bh / H, hd = bh % H, base = ((slot ? slot[b] : slot0 + b) * KV + hd / group) * cap * D;
+            int64_t b = bh / H, hd = bh % H, base = (SLOT(b) * KV + hd / group) * cap * D;
 #ifdef _OPENMP
             float *mine = scores + omp_get_thread_num() * cap;
 #else
@@ -382,17 +382,17 @@ static void forward(const Model *m, int64_t B, const int64_t *tokens, const int6
         return;
     for (int64_t b = first; b < B; b++) rmsnorm(xb + b * dim, h + b * dim, m->norm, dim, m->eps);
     matvec(m, m->out_w, m->out_s, m->vocab, dim, xb + first * dim, B - first, logits, 0);
+#undef SLOT
 }
 
 /* A decoding step's rows are independent (each in its own slot), so with several threads each takes a
    share of the rows (ROWS_PER_THREAD at least) through the whole network: one parallel region per step,
    where splitting every product and attention costs ~5 regions per layer, each waiting for its
-   slowest thread. Each thread reads every weight: from cache for a small model, and a step of several
-   rows per thread is bound by arithmetic, not memory. A row's numbers do not depend on the split.
-   Since every thread reads every weight, the caller bounds the split (m->row_threads): all threads
-   where the weights fit in the CPU's last-level cache, two otherwise, one where a single row's
-   products are large enough to be split themselves (m->parallel_work). A prefill (rows of one slot,
-   each attending to the keys of the rows before it) splits its products and attention instead. */
+   slowest thread. A row's numbers do not depend on the split. Each thread reads every weight, so the
+   caller bounds the split (m->row_threads): all threads where the weights fit in the CPU's last-level
+   cache, two otherwise, one where a single row's products are large enough to be split themselves
+   (m->parallel_work). A prefill (rows of one slot, each attending to the keys of the rows before it)
+   splits its products and attention instead. */
 #define ROWS_PER_THREAD 4
 
 void codelm_forward(const Model *m, int64_t B, const int64_t *tokens, const int64_t *pos, const int64_t *slot,

@@ -74,8 +74,7 @@ def prepared(model, config: EngineConfig) -> Weights:
     key = (config.dtype, config.quantize, config.kernel)
     stamp = tuple((p.data_ptr(), p._version, p.device) for p in model.parameters())
     if key not in per_model or per_model[key][0] != stamp:
-        c_step = config.kernel != "torch" and model.tok_embeddings.weight.device.type == "cpu" \
-            and cpu_kernel.library() is not None
+        c_step = cpu_kernel.may_run(config.kernel, model.tok_embeddings.weight.device)
         per_model[key] = (stamp, prepare(model, config, transpose=not c_step))
     return per_model[key][1]
 
@@ -324,27 +323,26 @@ class Engine:
         return self._logits(h)
 
     def _decode_kernel(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
-        pos = torch.tensor(positions, dtype=torch.long)
-        cos, sin = self._rope(pos, 1)
-        if cos is not None:
-            cos, sin = cos.reshape(len(tokens), -1).contiguous(), sin.reshape(len(tokens), -1).contiguous()
-        slopes = self.model.alibi_slopes.float().contiguous() if self.model.alibi else None
-        return self.kernel(torch.tensor(tokens, dtype=torch.long), pos, cos, sin, slopes, self.kv)
+        return self._kernel_rows(tokens, torch.tensor(positions, dtype=torch.long))
 
     def _prefill_kernel(self, slot: int, prompt: list[int], every: bool) -> torch.Tensor:
         """_prefill by the C step: the prompt's tokens as rows of one slot, PREFILL_ROWS at a time."""
         out, T, step = [], len(prompt), cpu_kernel.PREFILL_ROWS
-        slopes = self.model.alibi_slopes.float().contiguous() if self.model.alibi else None
         for start in range(0, T, step):
             n = min(step, T - start)
-            pos = torch.arange(start, start + n, dtype=torch.long)
-            cos, sin = self._rope(pos, 1)
-            if cos is not None:
-                cos, sin = cos.reshape(n, -1).contiguous(), sin.reshape(n, -1).contiguous()
             logits_from = 0 if every else (n - 1 if start + n == T else n)
-            out.append(self.kernel(torch.tensor(prompt[start:start + n], dtype=torch.long), pos, cos, sin, slopes,
-                                   self.kv, torch.full((n,), slot, dtype=torch.long), logits_from))
+            out.append(self._kernel_rows(prompt[start:start + n], torch.arange(start, start + n, dtype=torch.long),
+                                         torch.full((n,), slot, dtype=torch.long), logits_from))
         return torch.cat(out) if every else out[-1][0]
+
+    def _kernel_rows(self, tokens: list[int], pos: torch.Tensor, slots: torch.Tensor | None = None,
+                     logits_from: int = 0) -> torch.Tensor:
+        """One call of the C step: tokens at positions `pos` (int64), in slots `slots` (default row b in slot b)."""
+        cos, sin = self._rope(pos, 1)
+        if cos is not None:
+            cos, sin = cos.reshape(len(tokens), -1).contiguous(), sin.reshape(len(tokens), -1).contiguous()
+        slopes = self.model.alibi_slopes.float().contiguous() if self.model.alibi else None
+        return self.kernel(torch.tensor(tokens, dtype=torch.long), pos, cos, sin, slopes, self.kv, slots, logits_from)
 
     def _attend_one(self, q, k, v, bias):
         """Attention of one query per row, as batched products (CPU SDPA kernels tile for long queries and

@@ -151,6 +151,10 @@ class Weights:
     stream_dtype: torch.dtype  # the residual stream's dtype (and the KV cache's)
     packed: dict = field(default_factory=dict, repr=False)  # other layouts of these weights, made once (cpu_kernel)
 
+    def linears(self) -> list[Linear]:
+        """Every projection: the output, then each layer's wqkv, wo, w13 and w2."""
+        return [self.output] + [x for lw in self.layers for x in (lw.wqkv, lw.wo, lw.w13, lw.w2)]
+
 
 def prepare(model, config: EngineConfig, transpose: bool = True) -> Weights:
     """The model's weights in the planned format (norms and embeddings kept as they are). transpose: make
